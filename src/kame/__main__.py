@@ -1,0 +1,5 @@
+import sys
+
+from kame.cli import main
+
+sys.exit(main())

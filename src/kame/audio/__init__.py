@@ -1,0 +1,1 @@
+"""Audio plumbing shared by every layer: file I/O, resampling, Opus and speech synthesis."""

@@ -1,0 +1,56 @@
+"""``kame infer``: offline front-end inference over a recording with an oracle script."""
+
+from __future__ import annotations
+
+import argparse
+
+from kame.frontend.checkpoint import DEFAULT_FRONTEND
+
+
+def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every command that runs the front-end shares."""
+    parser.add_argument("--frontend", default=DEFAULT_FRONTEND, help="checkpoint folder or hf://owner/name")
+    parser.add_argument("--lora", default=None, help="LoRA weights (safetensors) for the front-end")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--greedy", action="store_true", help="argmax sampling: deterministic output")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("infer", help="run the front-end offline on a recording with an oracle script")
+    parser.add_argument("input", help="the user's audio (any sample rate / channel count)")
+    parser.add_argument("--oracle-script", default=None, help="JSONL of {time, op, text} oracle operations")
+    parser.add_argument("--output", required=True, help="WAV file for the assistant's audio (24 kHz)")
+    parser.add_argument("--tokens", default=None, help="JSON file with every step's fed and produced tokens")
+    add_frontend_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def sampling_from_args(args: argparse.Namespace):
+    from kame.frontend.generator import SamplingConfig
+
+    return SamplingConfig(greedy=args.greedy)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from kame.audio.io import load_audio, write_wav
+    from kame.frontend.checkpoint import load_frontend
+    from kame.frontend.infer import run_inference, write_tokens_json
+    from kame.frontend.oracle_script import load_oracle_script
+
+    torch.set_grad_enabled(False)
+    audio = load_audio(args.input)
+    script = load_oracle_script(args.oracle_script) if args.oracle_script else []
+    frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
+    result = run_inference(frontend, audio, script, sampling_from_args(args), seed=args.seed)
+    write_wav(args.output, result.audio)
+    if args.tokens:
+        write_tokens_json(args.tokens, result)
+    print(f"wrote {args.output} ({len(result.audio) / 24000:.2f} s, {len(result.frames)} frames)")
+    if result.text:
+        print(f"assistant text: {result.text}")
+    if result.skipped_oracle_tokens:
+        print(f"{result.skipped_oracle_tokens} oracle tokens arrived after their frame and were skipped")
+    return 0

@@ -1,0 +1,102 @@
+"""The front-end's full step over a batch of sessions: Mimi encode -> oracle LM step -> Mimi decode.
+
+One call advances every session that brought a frame of user audio (1920 samples at 24 kHz) by one
+80 ms step; sessions without a frame stand still (moshi's exec mask), so sessions join, leave and stall
+independently. Not thread-safe: the frame scheduler owns it on its own thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kame.frontend.checkpoint import Frontend
+from kame.frontend.compile import compile_policy
+from kame.frontend.generator import OracleGenerator, SamplingConfig, StepResult
+
+SAMPLE_RATE = 24000
+FRAME_RATE = 12.5
+FRAME_SIZE = 1920
+
+
+@dataclass
+class FrameOutput:
+    """A session's step: what was fed and produced, and the assistant's 80 ms of audio."""
+
+    result: StepResult
+    pcm: np.ndarray  # float32 [1920]; silence while the model has produced nothing yet
+
+
+class FrontendEngine:
+    """Batched Mimi + oracle LM over ``max_sessions`` slots."""
+
+    def __init__(self, frontend: Frontend, max_sessions: int = 1, sampling: SamplingConfig | None = None) -> None:
+        self.frontend = frontend
+        self.mimi = frontend.mimi
+        if self.mimi.frame_size != FRAME_SIZE or self.mimi.sample_rate != SAMPLE_RATE:
+            raise ValueError(
+                f"Mimi runs at {self.mimi.sample_rate} Hz with {self.mimi.frame_size}-sample frames; "
+                f"the front-end needs {SAMPLE_RATE} Hz and {FRAME_SIZE}"
+            )
+        self.max_sessions = max_sessions
+        self.device = frontend.device
+        self.generator = OracleGenerator(frontend.lm, frontend.tokenizer, max_sessions, sampling)
+        self.mimi.streaming_forever(max_sessions)
+        self._mimi_mask: torch.Tensor | None = None
+
+    # Sessions and oracle operations are the generator's; the engine adds the codec's state.
+
+    def join(self) -> int:
+        slot = self.generator.join()
+        self._reset_mimi(slot)
+        return slot
+
+    def leave(self, slot: int) -> None:
+        self.generator.leave(slot)
+        self._reset_mimi(slot)
+
+    def _reset_mimi(self, slot: int) -> None:
+        mask = torch.zeros(self.max_sessions, dtype=torch.bool, device=self.device)
+        mask[slot] = True
+        self.mimi.reset_streaming(mask)
+        self._mimi_mask = None
+
+    def _set_mimi_mask(self, mask: torch.Tensor) -> None:
+        if self._mimi_mask is None or not torch.equal(mask, self._mimi_mask):
+            self._mimi_mask = mask
+            self.mimi.set_exec_mask(mask.to(self.device))
+
+    @torch.no_grad()
+    def step(self, pcm: dict[int, np.ndarray]) -> list[FrameOutput]:
+        """Advance the sessions in ``pcm`` (slot -> float32 ``[1920]`` at 24 kHz) by one frame."""
+        if not pcm:
+            return []
+        batch = np.zeros((self.max_sessions, 1, FRAME_SIZE), dtype=np.float32)
+        mask = torch.zeros(self.max_sessions, dtype=torch.bool)
+        for slot, frame in pcm.items():
+            if frame.shape != (FRAME_SIZE,):
+                raise ValueError(f"slot {slot}: a frame is {FRAME_SIZE} samples, got shape {frame.shape}")
+            batch[slot, 0] = frame
+            mask[slot] = True
+        self._set_mimi_mask(mask)
+        with compile_policy(self.device):
+            codes = self.mimi.encode(torch.from_numpy(batch).to(self.device))  # [B, 8, 1]
+        user = {slot: codes[slot, :, 0] for slot in pcm}
+        results = self.generator.step(user)
+        decode_slots = [r.slot for r in results if r.audio is not None]
+        pcm_out: dict[int, np.ndarray] = {}
+        if decode_slots:
+            tokens = torch.zeros(self.max_sessions, self.frontend.lm.dep_q, 1, dtype=torch.long)
+            decode_mask = torch.zeros(self.max_sessions, dtype=torch.bool)
+            for r in results:
+                if r.audio is not None:
+                    tokens[r.slot, :, 0] = torch.tensor(r.audio)
+                    decode_mask[r.slot] = True
+            self._set_mimi_mask(decode_mask)
+            with compile_policy(self.device):
+                audio = self.mimi.decode(tokens.to(self.device))[:, 0].float().cpu().numpy()
+            pcm_out = {slot: audio[slot] for slot in decode_slots}
+        silence = np.zeros(FRAME_SIZE, dtype=np.float32)
+        return [FrameOutput(r, pcm_out.get(r.slot, silence)) for r in results]

@@ -1,0 +1,226 @@
+"""Batched streaming generation with one oracle track per session.
+
+``OracleLMGen`` is moshi's ``LMGen`` whose model also reads this step's oracle tokens from a persistent
+device buffer (so it works inside moshi's CUDA graphs). ``OracleGenerator`` manages the batch: sessions
+take a slot, join and leave while others keep running (moshi's reset-by-mask and exec mask), and each
+slot has its own step counter and oracle track.
+
+Step timing: a session's step ``s`` consumes its user-audio codes of step ``s`` and the oracle token
+scheduled at ``s``; it returns nothing at step 0 and, from step 1 on, the text token of step ``s - 1``
+with the audio tokens of step ``s`` (moshi's one-step acoustic delay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from moshi.models.lm import LMGen
+
+from kame.frontend.compile import compile_policy
+from kame.frontend.model import OracleLMModel
+from kame.frontend.oracle_track import OracleTrack, SessionOracle, StreamingTextTokenizer, Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    """Moshi's sampling defaults; ``greedy`` makes a run deterministic."""
+
+    greedy: bool = False
+    temp: float = 0.8
+    top_k: int = 250
+    temp_text: float = 0.7
+    top_k_text: int = 25
+
+    def lmgen_kwargs(self) -> dict:
+        return {
+            "use_sampling": not self.greedy,
+            "temp": self.temp,
+            "top_k": self.top_k,
+            "temp_text": self.temp_text,
+            "top_k_text": self.top_k_text,
+        }
+
+
+class OracleLMGen(LMGen):
+    """``LMGen`` that feeds an oracle token per batch item at every step."""
+
+    lm_model: OracleLMModel
+
+    def __init__(self, lm_model: OracleLMModel, **kwargs) -> None:
+        kwargs.setdefault("support_out_of_sync", True)
+        super().__init__(lm_model, **kwargs)
+
+    def _init_streaming_state(self, batch_size: int):
+        state = super()._init_streaming_state(batch_size)
+        rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)
+        self.lm_model.streaming_oracle = torch.full(
+            (rows, 1), self.lm_model.oracle_pad_token_id, dtype=torch.long, device=self.lm_model.device
+        )
+        state.exit_stack.callback(setattr, self.lm_model, "streaming_oracle", None)
+        return state
+
+    def set_oracle(self, tokens: torch.Tensor) -> None:
+        """Write this step's oracle tokens ``[B]`` into the buffer the (graphed) model reads."""
+        buffer = self.lm_model.streaming_oracle
+        if buffer is None:
+            raise RuntimeError("set_oracle needs streaming mode: use `with lm_gen.streaming(batch_size):`")
+        tokens = tokens.to(buffer.device, non_blocking=True).view(-1, 1)
+        batch = tokens.shape[0]
+        buffer[:batch].copy_(tokens)
+        if buffer.shape[0] > batch:  # classifier-free guidance doubles the batch
+            buffer[batch:].copy_(tokens)
+
+
+@dataclass
+class StepResult:
+    """What one session's step fed and produced (the raw material of TOKENS.json)."""
+
+    slot: int
+    step: int
+    user: list[int]
+    oracle: int
+    text: int | None
+    audio: list[int] | None
+
+
+class SlotsFullError(RuntimeError):
+    """Every slot of the batch is taken."""
+
+
+class OracleGenerator:
+    """The front-end LM over ``max_sessions`` slots; not thread-safe (one stepping thread owns it)."""
+
+    def __init__(
+        self,
+        lm: OracleLMModel,
+        tokenizer: Tokenizer | None,
+        max_sessions: int = 1,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.max_sessions = max_sessions
+        self.sampling = sampling or SamplingConfig()
+        self.lm_gen = OracleLMGen(lm, **self.sampling.lmgen_kwargs())
+        self.lm_gen.streaming_forever(max_sessions)
+        self.device = lm.device
+        self.user_codebooks = lm.num_codebooks - lm.dep_q - 1
+        self._active = [False] * max_sessions
+        self._steps = [0] * max_sessions
+        self._oracles = [self._new_oracle() for _ in range(max_sessions)]
+        self._exec_mask: torch.Tensor | None = None  # what the streaming state holds, if known
+
+    def _new_oracle(self) -> SessionOracle:
+        track = OracleTrack(self.lm.oracle_start_token_id, self.lm.oracle_pad_token_id)
+        return SessionOracle(track, StreamingTextTokenizer(self.tokenizer) if self.tokenizer else None)  # type: ignore[arg-type]
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def join(self) -> int:
+        """Give a new session a clean slot (fresh KV cache, step 0, empty oracle)."""
+        for slot, active in enumerate(self._active):
+            if not active:
+                self._reset_slot(slot)
+                self._active[slot] = True
+                return slot
+        raise SlotsFullError(f"all {self.max_sessions} front-end slots are in use")
+
+    def leave(self, slot: int) -> None:
+        """End a session: its slot is wiped so nothing of it reaches the next session."""
+        self._check(slot)
+        self._reset_slot(slot)
+        self._active[slot] = False
+
+    def _reset_slot(self, slot: int) -> None:
+        mask = torch.zeros(self.max_sessions, dtype=torch.bool)
+        mask[slot] = True
+        self.lm_gen.reset_streaming(mask.to(self.device))
+        self._exec_mask = None  # a reset turns the slot's exec mask on
+        self._steps[slot] = 0
+        self._oracles[slot].clear()
+
+    @property
+    def active_slots(self) -> list[int]:
+        return [slot for slot, active in enumerate(self._active) if active]
+
+    def step_of(self, slot: int) -> int:
+        """The index of the slot's next step."""
+        return self._steps[slot]
+
+    def _check(self, slot: int) -> None:
+        if not (0 <= slot < self.max_sessions) or not self._active[slot]:
+            raise KeyError(f"slot {slot} has no session")
+
+    # -- oracle -----------------------------------------------------------------------------------
+
+    def oracle_reset(self, slot: int) -> None:
+        self._check(slot)
+        self._oracles[slot].reset(self._steps[slot])
+
+    def oracle_append_text(self, slot: int, text: str) -> int:
+        """Append oracle text; returns how many of its tokens were too late and skipped."""
+        self._check(slot)
+        oracle = self._oracles[slot]
+        if oracle.tokenizer is None:
+            raise RuntimeError("this front-end has no text tokenizer; append token ids instead")
+        return oracle.append_text(text, self._steps[slot])
+
+    def oracle_append_ids(self, slot: int, token_ids: list[int]) -> int:
+        self._check(slot)
+        return self._oracles[slot].track.append(list(token_ids), self._steps[slot])
+
+    def oracle_end(self, slot: int) -> int:
+        """The current oracle's text is complete (its last word is no longer held back)."""
+        self._check(slot)
+        oracle = self._oracles[slot]
+        return oracle.end(self._steps[slot]) if oracle.tokenizer is not None else 0
+
+    def oracle_text(self, slot: int) -> str:
+        return self._oracles[slot].text
+
+    def oracle_skipped(self, slot: int) -> int:
+        return self._oracles[slot].track.skipped
+
+    # -- stepping ---------------------------------------------------------------------------------
+
+    def step(self, user_codes: dict[int, torch.Tensor]) -> list[StepResult]:
+        """Run one step for the sessions in ``user_codes`` (slot -> ``[8]`` codes); others stand still."""
+        if not user_codes:
+            return []
+        for slot in user_codes:
+            self._check(slot)
+        codes = torch.zeros(self.max_sessions, self.user_codebooks, 1, dtype=torch.long)
+        oracle = torch.full((self.max_sessions,), self.lm.oracle_pad_token_id, dtype=torch.long)
+        exec_mask = torch.zeros(self.max_sessions, dtype=torch.bool)
+        for slot, slot_codes in user_codes.items():
+            codes[slot, :, 0] = slot_codes.view(-1)[: self.user_codebooks].cpu()
+            oracle[slot] = self._oracles[slot].track.token_at(self._steps[slot])
+            exec_mask[slot] = True
+        if self._exec_mask is None or not torch.equal(exec_mask, self._exec_mask):
+            self._exec_mask = exec_mask
+            self.lm_gen.set_exec_mask(exec_mask.to(self.device))
+        self.lm_gen.set_oracle(oracle)
+        with compile_policy(self.device):
+            out = self.lm_gen.step(codes.to(self.device))
+        assert out is not None  # support_out_of_sync: always a tensor, -2 where nothing was generated
+        out = out[:, :, 0].cpu()
+        results = []
+        for slot in user_codes:
+            step = self._steps[slot]
+            self._steps[slot] = step + 1
+            row = out[slot]
+            generated = step >= 1 and bool((row >= 0).all())
+            results.append(
+                StepResult(
+                    slot=slot,
+                    step=step,
+                    user=codes[slot, :, 0].tolist(),
+                    oracle=int(oracle[slot]),
+                    text=int(row[0]) if generated else None,
+                    audio=row[1:].tolist() if generated else None,
+                )
+            )
+        return results

@@ -1,0 +1,112 @@
+"""Model shapes: ``tiny`` for tests and CPU demos, ``moshi-7b`` for benchmarks.
+
+Configs are plain dicts of constructor arguments, as in moshi's ``config.json`` convention. The 7B shape
+is moshi's own (``moshi.models.loaders._lm_kwargs``/``_mimi_config``), read rather than copied so that
+it can never drift from what the released weights expect.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from moshi.models import loaders as moshi_loaders
+
+MOSHI_DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+
+# A Mimi with the real frame geometry (24 kHz, 1920-sample frames at 12.5 Hz, 8 codebooks) but a few
+# thousand parameters, so that a CPU encodes and decodes far faster than real time.
+TINY_MIMI_CONFIG: dict[str, Any] = {
+    "sample_rate": 24000,
+    "channels": 1,
+    "frame_rate": 12.5,
+    "seanet": {
+        "channels": 1,
+        "dimension": 32,
+        "causal": True,
+        "n_filters": 4,
+        "n_residual_layers": 1,
+        "activation": "ELU",
+        "compress": 2,
+        "dilation_base": 2,
+        "disable_norm_outer_blocks": 0,
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 3,
+        "norm": "none",
+        "pad_mode": "constant",
+        "ratios": [8, 6, 5, 4],
+        "true_skip": True,
+    },
+    "quantizer": {"dimension": 16, "n_q": 8, "bins": 256, "input_dimension": 32, "output_dimension": 32},
+    "transformer": {
+        "d_model": 32,
+        "num_heads": 2,
+        "num_layers": 1,
+        "causal": True,
+        "layer_scale": 0.01,
+        "context": 250,
+        "conv_layout": True,
+        "max_period": 10000,
+        "gating": "none",
+        "norm": "layer_norm",
+        "positional_embedding": "rope",
+        "dim_feedforward": 64,
+        "input_dimension": 32,
+        "output_dimensions": [32],
+    },
+}
+
+# Moshi's layout (16 streams, 8 in the depformer, the same delays and special tokens), shrunk.
+TINY_LM_CONFIG: dict[str, Any] = {
+    "dim": 64,
+    "text_card": 0,  # set to the tokenizer's size when the checkpoint is created
+    "existing_text_padding_id": 3,
+    "n_q": 16,
+    "dep_q": 8,
+    "card": TINY_MIMI_CONFIG["quantizer"]["bins"],
+    "num_heads": 4,
+    "num_layers": 2,
+    "hidden_scale": 4.125,
+    "causal": True,
+    "layer_scale": None,
+    "context": 750,
+    "max_period": 10000,
+    "gating": "silu",
+    "norm": "rms_norm_f32",
+    "positional_embedding": "rope",
+    "depformer_dim": 32,
+    "depformer_dim_feedforward": 132,
+    "depformer_num_heads": 2,
+    "depformer_num_layers": 1,
+    "depformer_layer_scale": None,
+    "depformer_multi_linear": True,
+    "depformer_context": 8,
+    "depformer_max_period": 10000,
+    "depformer_gating": "silu",
+    "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "delays": MOSHI_DELAYS,
+}
+
+TINY_TOKENIZER_SIZE = 1000
+
+PRESETS = ("tiny", "moshi-7b")
+
+
+def lm_config(preset: str) -> dict[str, Any]:
+    """LM constructor arguments of a preset (a fresh copy)."""
+    if preset == "tiny":
+        return copy.deepcopy(TINY_LM_CONFIG)
+    if preset == "moshi-7b":
+        return copy.deepcopy(moshi_loaders._lm_kwargs)
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def mimi_config(preset: str) -> dict[str, Any]:
+    """Mimi constructor config of a preset (a fresh copy)."""
+    if preset == "tiny":
+        return copy.deepcopy(TINY_MIMI_CONFIG)
+    if preset == "moshi-7b":
+        return copy.deepcopy(moshi_loaders._mimi_config)
+    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
