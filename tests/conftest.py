@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NO_TORCH_COMPILE", "1")  # CPU tests: moshi would spend minutes compiling
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

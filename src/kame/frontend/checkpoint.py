@@ -23,6 +23,7 @@ import torch
 from moshi.models import loaders as moshi_loaders
 from moshi.models.compression import MimiModel
 from moshi.quantization.core_vq import EuclideanCodebook
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from kame.frontend import presets
@@ -83,16 +84,26 @@ def _is_hf(spec: str) -> bool:
     return spec.startswith("hf://")
 
 
-def resolve_checkpoint(spec: str | Path, lora_weights: str | Path | None = None) -> moshi_loaders.CheckpointInfo:
+def resolve_checkpoint(
+    spec: str | Path, lora_weights: str | Path | None = None
+) -> moshi_loaders.CheckpointInfo:
     """Find the files of a checkpoint with moshi's ``CheckpointInfo``: a local folder or ``hf://repo``."""
     spec = str(spec)
-    lora = Path(lora_weights) if lora_weights is not None and not str(lora_weights).startswith("hf://") else lora_weights
+    lora = (
+        Path(lora_weights)
+        if lora_weights is not None and not str(lora_weights).startswith("hf://")
+        else lora_weights
+    )
     if _is_hf(spec):
         repo, _, revision = spec.removeprefix("hf://").partition("@")
         if repo.count("/") != 1:
-            raise CheckpointError(f"{spec!r}: a Hugging Face checkpoint is written hf://owner/name[@revision]")
+            raise CheckpointError(
+                f"{spec!r}: a Hugging Face checkpoint is written hf://owner/name[@revision]"
+            )
         try:
-            return moshi_loaders.CheckpointInfo.from_hf_repo(repo, lora_weights=lora, revision=revision or None)
+            return moshi_loaders.CheckpointInfo.from_hf_repo(
+                repo, lora_weights=lora, revision=revision or None
+            )
         except Exception as exc:  # network, auth, missing repo: all end here
             raise CheckpointError(
                 f"could not fetch {spec} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
@@ -145,7 +156,9 @@ def _prepare_lm_kwargs(lm_config: dict[str, Any] | None) -> tuple[dict[str, Any]
     for key in _FILE_KEYS:
         kwargs.pop(key, None)
     if "conditioners" in kwargs or kwargs.get("fuser") is not None:
-        raise CheckpointError("conditioned models (conditioners/fuser in config.json) are not KAME front-ends")
+        raise CheckpointError(
+            "conditioned models (conditioners/fuser in config.json) are not KAME front-ends"
+        )
     kwargs.pop("depformer_causal", None)
     if "demux_second_stream" in kwargs:
         kwargs["demux_second_text_stream"] = kwargs.pop("demux_second_stream")
@@ -158,7 +171,9 @@ def build_lm(lm_kwargs: dict[str, Any], device: torch.device | str, dtype: torch
     try:
         return OracleLMModel(device=device, dtype=dtype, **lm_kwargs)
     except TypeError as exc:
-        raise CheckpointError(f"config.json holds a setting that is not an LM constructor argument: {exc}") from exc
+        raise CheckpointError(
+            f"config.json holds a setting that is not an LM constructor argument: {exc}"
+        ) from exc
 
 
 def check_and_upgrade_state(model: OracleLMModel, state: dict[str, torch.Tensor], source: str) -> bool:
@@ -188,13 +203,16 @@ def check_and_upgrade_state(model: OracleLMModel, state: dict[str, torch.Tensor]
         problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
     if problems:
         raise CheckpointError(
-            f"{source}: the LM weights do not match config.json: " + ", ".join(problems)
+            f"{source}: the LM weights do not match config.json: "
+            + ", ".join(problems)
             + ". Check that config.json belongs to these weights."
         )
     return upgraded
 
 
-def _load_lm(info: moshi_loaders.CheckpointInfo, device: torch.device, dtype: torch.dtype) -> tuple[OracleLMModel, bool]:
+def _load_lm(
+    info: moshi_loaders.CheckpointInfo, device: torch.device, dtype: torch.dtype
+) -> tuple[OracleLMModel, bool]:
     lm_kwargs, lora = _prepare_lm_kwargs(info.lm_config)
     model = build_lm(lm_kwargs, device="meta", dtype=dtype)
     path = Path(info.moshi_weights)
@@ -212,6 +230,11 @@ def _load_lm(info: moshi_loaders.CheckpointInfo, device: torch.device, dtype: to
     if upgraded:
         logger.info("%s has no oracle_emb: initialised it from text_emb (plain Moshi checkpoint)", path)
     if lora.get("lora"):
+        if info.lora_weights is None:
+            raise CheckpointError(
+                f"{info.moshi_weights}: config.json enables LoRA but names no weights (lora_name)"
+            )
+        _check_lora_keys(model, Path(info.lora_weights))
         try:
             model = moshi_loaders.get_lora_moshi(  # type: ignore[assignment]
                 model,
@@ -234,6 +257,27 @@ def _load_lm(info: moshi_loaders.CheckpointInfo, device: torch.device, dtype: to
     return model, upgraded
 
 
+def _check_lora_keys(model: OracleLMModel, path: Path) -> None:
+    """Every linear layer needs its two LoRA matrices, and nothing else may be in the file."""
+    expected = {
+        f"{name}.{part}.weight"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        for part in ("lora_A", "lora_B")
+    }
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            present = set(handle.keys())
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the LoRA weights ({exc})") from exc
+    missing, unknown = sorted(expected - present), sorted(present - expected)
+    if missing or unknown:
+        raise CheckpointError(
+            f"{path}: LoRA weights do not match the model: {len(missing)} missing "
+            f"(e.g. {', '.join(missing[:3])}), {len(unknown)} unknown (e.g. {', '.join(unknown[:3])})"
+        )
+
+
 def load_tokenizer(path: str | Path, text_card: int) -> sentencepiece.SentencePieceProcessor:
     """Load the SentencePiece model and check that it is the one the LM was trained with."""
     try:
@@ -252,7 +296,9 @@ def _load_mimi(info: moshi_loaders.CheckpointInfo, device: torch.device) -> Mimi
     try:
         return info.get_mimi(device=device)
     except (RuntimeError, KeyError, OSError) as exc:
-        raise CheckpointError(f"{info.mimi_weights}: Mimi weights do not match the Mimi config ({exc})") from exc
+        raise CheckpointError(
+            f"{info.mimi_weights}: Mimi weights do not match the Mimi config ({exc})"
+        ) from exc
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

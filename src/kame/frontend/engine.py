@@ -32,7 +32,9 @@ class FrameOutput:
 class FrontendEngine:
     """Batched Mimi + oracle LM over ``max_sessions`` slots."""
 
-    def __init__(self, frontend: Frontend, max_sessions: int = 1, sampling: SamplingConfig | None = None) -> None:
+    def __init__(
+        self, frontend: Frontend, max_sessions: int = 1, sampling: SamplingConfig | None = None
+    ) -> None:
         self.frontend = frontend
         self.mimi = frontend.mimi
         if self.mimi.frame_size != FRAME_SIZE or self.mimi.sample_rate != SAMPLE_RATE:
@@ -43,8 +45,19 @@ class FrontendEngine:
         self.max_sessions = max_sessions
         self.device = frontend.device
         self.generator = OracleGenerator(frontend.lm, frontend.tokenizer, max_sessions, sampling)
-        self.mimi.streaming_forever(max_sessions)
+        self._mimi_streaming = self.mimi.streaming(max_sessions)
         self._mimi_mask: torch.Tensor | None = None
+
+    def close(self) -> None:
+        """Leave streaming mode so that the models can serve another engine."""
+        self.generator.close()
+        self._mimi_streaming.close()
+
+    def __enter__(self) -> FrontendEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # Sessions and oracle operations are the generator's; the engine adds the codec's state.
 

@@ -6,8 +6,9 @@ take a slot, join and leave while others keep running (moshi's reset-by-mask and
 slot has its own step counter and oracle track.
 
 Step timing: a session's step ``s`` consumes its user-audio codes of step ``s`` and the oracle token
-scheduled at ``s``; it returns nothing at step 0 and, from step 1 on, the text token of step ``s - 1``
-with the audio tokens of step ``s`` (moshi's one-step acoustic delay).
+scheduled at ``s`` (step 0 feeds every stream its initial token, and no oracle). It returns nothing at
+step 0 and, from step 1 on, the text token of step ``s - 1`` with the audio tokens of step ``s``
+(moshi's one-step acoustic delay).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from moshi.models.lm import LMGen
 
 from kame.frontend.compile import compile_policy
-from kame.frontend.model import OracleLMModel
+from kame.frontend.model import ORACLE_ZERO, OracleLMModel
 from kame.frontend.oracle_track import OracleTrack, SessionOracle, StreamingTextTokenizer, Tokenizer
 
 
@@ -105,7 +106,7 @@ class OracleGenerator:
         self.max_sessions = max_sessions
         self.sampling = sampling or SamplingConfig()
         self.lm_gen = OracleLMGen(lm, **self.sampling.lmgen_kwargs())
-        self.lm_gen.streaming_forever(max_sessions)
+        self._streaming = self.lm_gen.streaming(max_sessions)
         self.device = lm.device
         self.user_codebooks = lm.num_codebooks - lm.dep_q - 1
         self._active = [False] * max_sessions
@@ -116,6 +117,16 @@ class OracleGenerator:
     def _new_oracle(self) -> SessionOracle:
         track = OracleTrack(self.lm.oracle_start_token_id, self.lm.oracle_pad_token_id)
         return SessionOracle(track, StreamingTextTokenizer(self.tokenizer) if self.tokenizer else None)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Leave streaming mode, releasing the KV caches (the model can then serve another generator)."""
+        self._streaming.close()
+
+    def __enter__(self) -> OracleGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- sessions ---------------------------------------------------------------------------------
 
@@ -157,8 +168,9 @@ class OracleGenerator:
     # -- oracle -----------------------------------------------------------------------------------
 
     def oracle_reset(self, slot: int) -> None:
+        """Start a new oracle at the slot's next step (step 1 at the earliest: step 0 takes no oracle)."""
         self._check(slot)
-        self._oracles[slot].reset(self._steps[slot])
+        self._oracles[slot].reset(max(1, self._steps[slot]))
 
     def oracle_append_text(self, slot: int, text: str) -> int:
         """Append oracle text; returns how many of its tokens were too late and skipped."""
@@ -197,7 +209,8 @@ class OracleGenerator:
         exec_mask = torch.zeros(self.max_sessions, dtype=torch.bool)
         for slot, slot_codes in user_codes.items():
             codes[slot, :, 0] = slot_codes.view(-1)[: self.user_codebooks].cpu()
-            oracle[slot] = self._oracles[slot].track.token_at(self._steps[slot])
+            step = self._steps[slot]
+            oracle[slot] = self._oracles[slot].track.token_at(step) if step > 0 else ORACLE_ZERO
             exec_mask[slot] = True
         if self._exec_mask is None or not torch.equal(exec_mask, self._exec_mask):
             self._exec_mask = exec_mask

@@ -49,7 +49,13 @@ def run_inference(
     late_ops = [op for op in script if op.frame >= frames]
     if late_ops:
         logger.warning("%d oracle operations come after the audio ends and are not applied", len(late_ops))
-    engine = FrontendEngine(frontend, max_sessions=1, sampling=sampling)
+    with FrontendEngine(frontend, max_sessions=1, sampling=sampling) as engine:
+        return _run(engine, frontend, padded, frames, script)
+
+
+def _run(
+    engine: FrontendEngine, frontend: Frontend, padded: np.ndarray, frames: int, script: list[OracleOp]
+) -> InferenceResult:
     slot = engine.join()
     gen = engine.generator
     pending = [op for op in script if op.frame < frames]
@@ -70,12 +76,18 @@ def run_inference(
         (output,) = engine.step({slot: padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE]})
         r = output.result
         out_audio[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE] = output.pcm
-        result.frames.append({"frame": r.step, "user": r.user, "oracle": r.oracle, "text": r.text, "audio": r.audio})
+        result.frames.append(
+            {"frame": r.step, "user": r.user, "oracle": r.oracle, "text": r.text, "audio": r.audio}
+        )
         if r.text is not None:
             pieces.append(r.text)
     result.skipped_oracle_tokens = gen.oracle_skipped(slot)
     if frontend.tokenizer is not None:
-        words = [t for t in pieces if t not in (frontend.lm.text_padding_token_id, frontend.lm.end_of_text_padding_id)]
+        words = [
+            t
+            for t in pieces
+            if t not in (frontend.lm.text_padding_token_id, frontend.lm.end_of_text_padding_id)
+        ]
         result.text = frontend.tokenizer.decode(words)
     engine.leave(slot)
     return result

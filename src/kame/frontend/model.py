@@ -6,8 +6,8 @@ step. Index -1 is moshi's "zero token" and embeds to a zero vector, so a model f
 computes exactly what plain Moshi computes.
 
 Alignment (the same in training and streaming): ``oracle[:, t]`` is fed at the position that also
-receives text frame ``t`` and user-audio frame ``t``, i.e. model position ``t + 1``; position 0 gets the
-pad token. In streaming that is ``LMGen`` step ``t + 1``.
+receives text frame ``t`` and user-audio frame ``t``, i.e. model position ``t + 1``. Position 0, where every
+stream gets its initial token, gets no oracle (index -1). In streaming that is ``LMGen`` step ``t + 1``.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ class OracleLMModel(LMModel):
                 f"oracle must be [B, T] = [{B}, {T}] beside codes of shape {tuple(codes.shape)}, "
                 f"got {tuple(oracle.shape)}"
             )
-        pad = torch.full((B, 1), self.oracle_pad_token_id, dtype=torch.long, device=oracle.device)
+        initial = torch.full((B, 1), ORACLE_ZERO, dtype=torch.long, device=oracle.device)
         # Position p sees frame p - 1; the last frame's oracle is never an input.
-        positional = torch.cat([pad, oracle.long()], dim=1)[:, :T]
+        positional = torch.cat([initial, oracle.long()], dim=1)[:, :T]
         self._teacher_forced_oracle = positional
         try:
             return super().forward(codes, condition_tensors)
@@ -94,7 +94,9 @@ class OracleLMModel(LMModel):
             oracle = self.streaming_oracle
         if oracle is None:
             return super().forward_text(sequence, sum_condition, cross_attention_src)
-        return super().forward_text(sequence, _add(sum_condition, self.oracle_emb(oracle)), cross_attention_src)
+        return super().forward_text(
+            sequence, _add(sum_condition, self.oracle_emb(oracle)), cross_attention_src
+        )
 
 
 def _add(sum_condition: torch.Tensor | None, oracle_embedding: torch.Tensor) -> torch.Tensor:
