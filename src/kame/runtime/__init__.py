@@ -1,0 +1,1 @@
+"""The runtime: sessions, the frame scheduler, and the timeline every event is recorded on."""
