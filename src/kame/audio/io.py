@@ -57,5 +57,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = MODEL_SAMP
     """Write float32 mono audio as 16-bit PCM WAV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
+    sf.write(
+        str(path), np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16"
+    )
     return path

@@ -96,8 +96,7 @@ class FrontendEngine:
         self._set_mimi_mask(mask)
         with compile_policy(self.device):
             codes = self.mimi.encode(torch.from_numpy(batch).to(self.device))  # [B, 8, 1]
-        user = {slot: codes[slot, :, 0] for slot in pcm}
-        results = self.generator.step(user)
+        results = self.generator.step_batch(codes, list(pcm))
         decode_slots = [r.slot for r in results if r.audio is not None]
         pcm_out: dict[int, np.ndarray] = {}
         if decode_slots:

@@ -112,11 +112,11 @@ class OracleGenerator:
         self._active = [False] * max_sessions
         self._steps = [0] * max_sessions
         self._oracles = [self._new_oracle() for _ in range(max_sessions)]
-        self._exec_mask: torch.Tensor | None = None  # what the streaming state holds, if known
+        self._exec_key: tuple[int, ...] | None = None  # slots the streaming exec mask holds, if known
 
     def _new_oracle(self) -> SessionOracle:
         track = OracleTrack(self.lm.oracle_start_token_id, self.lm.oracle_pad_token_id)
-        return SessionOracle(track, StreamingTextTokenizer(self.tokenizer) if self.tokenizer else None)  # type: ignore[arg-type]
+        return SessionOracle(track, StreamingTextTokenizer(self.tokenizer) if self.tokenizer else None)
 
     def close(self) -> None:
         """Leave streaming mode, releasing the KV caches (the model can then serve another generator)."""
@@ -149,7 +149,7 @@ class OracleGenerator:
         mask = torch.zeros(self.max_sessions, dtype=torch.bool)
         mask[slot] = True
         self.lm_gen.reset_streaming(mask.to(self.device))
-        self._exec_mask = None  # a reset turns the slot's exec mask on
+        self._exec_key = None  # a reset turns the slot's exec mask on
         self._steps[slot] = 0
         self._oracles[slot].clear()
 
@@ -175,10 +175,7 @@ class OracleGenerator:
     def oracle_append_text(self, slot: int, text: str) -> int:
         """Append oracle text; returns how many of its tokens were too late and skipped."""
         self._check(slot)
-        oracle = self._oracles[slot]
-        if oracle.tokenizer is None:
-            raise RuntimeError("this front-end has no text tokenizer; append token ids instead")
-        return oracle.append_text(text, self._steps[slot])
+        return self._oracles[slot].append_text(text, self._steps[slot])
 
     def oracle_append_ids(self, slot: int, token_ids: list[int]) -> int:
         self._check(slot)
@@ -187,8 +184,7 @@ class OracleGenerator:
     def oracle_end(self, slot: int) -> int:
         """The current oracle's text is complete (its last word is no longer held back)."""
         self._check(slot)
-        oracle = self._oracles[slot]
-        return oracle.end(self._steps[slot]) if oracle.tokenizer is not None else 0
+        return self._oracles[slot].end(self._steps[slot])
 
     def oracle_text(self, slot: int) -> str:
         return self._oracles[slot].text
@@ -202,38 +198,46 @@ class OracleGenerator:
         """Run one step for the sessions in ``user_codes`` (slot -> ``[8]`` codes); others stand still."""
         if not user_codes:
             return []
-        for slot in user_codes:
-            self._check(slot)
         codes = torch.zeros(self.max_sessions, self.user_codebooks, 1, dtype=torch.long)
-        oracle = torch.full((self.max_sessions,), self.lm.oracle_pad_token_id, dtype=torch.long)
-        exec_mask = torch.zeros(self.max_sessions, dtype=torch.bool)
         for slot, slot_codes in user_codes.items():
-            codes[slot, :, 0] = slot_codes.view(-1)[: self.user_codebooks].cpu()
+            self._check(slot)
+            codes[slot, :, 0] = slot_codes.view(-1)[: self.user_codebooks]
+        return self.step_batch(codes, list(user_codes))
+
+    def step_batch(self, codes: torch.Tensor, slots: list[int]) -> list[StepResult]:
+        """Step ``slots`` with their rows of ``codes`` (``[max_sessions, 8, 1]``, on any device)."""
+        for slot in slots:
+            self._check(slot)
+        oracle = [self.lm.oracle_pad_token_id] * self.max_sessions
+        for slot in slots:
             step = self._steps[slot]
             oracle[slot] = self._oracles[slot].track.token_at(step) if step > 0 else ORACLE_ZERO
-            exec_mask[slot] = True
-        if self._exec_mask is None or not torch.equal(exec_mask, self._exec_mask):
-            self._exec_mask = exec_mask
-            self.lm_gen.set_exec_mask(exec_mask.to(self.device))
-        self.lm_gen.set_oracle(oracle)
+        key = tuple(sorted(slots))
+        if key != self._exec_key:
+            mask = torch.zeros(self.max_sessions, dtype=torch.bool)
+            mask[list(key)] = True
+            self.lm_gen.set_exec_mask(mask.to(self.device))
+            self._exec_key = key
+        self.lm_gen.set_oracle(torch.tensor(oracle, dtype=torch.long))
         with compile_policy(self.device):
-            out = self.lm_gen.step(codes.to(self.device))
+            out = self.lm_gen.step(codes[:, : self.user_codebooks].to(self.device))
         assert out is not None  # support_out_of_sync: always a tensor, -2 where nothing was generated
-        out = out[:, :, 0].cpu()
+        rows = out[:, :, 0].tolist()  # one device-to-host copy for the whole batch
+        users = codes[:, : self.user_codebooks, 0].tolist()
         results = []
-        for slot in user_codes:
+        for slot in slots:
             step = self._steps[slot]
             self._steps[slot] = step + 1
-            row = out[slot]
-            generated = step >= 1 and bool((row >= 0).all())
+            row = rows[slot]
+            generated = step >= 1 and min(row) >= 0
             results.append(
                 StepResult(
                     slot=slot,
                     step=step,
-                    user=codes[slot, :, 0].tolist(),
-                    oracle=int(oracle[slot]),
-                    text=int(row[0]) if generated else None,
-                    audio=row[1:].tolist() if generated else None,
+                    user=users[slot],
+                    oracle=oracle[slot],
+                    text=row[0] if generated else None,
+                    audio=row[1:] if generated else None,
                 )
             )
         return results

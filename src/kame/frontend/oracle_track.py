@@ -99,24 +99,28 @@ class SessionOracle:
     """A session's oracle track plus the streaming tokenizer of its current oracle text."""
 
     track: OracleTrack
-    tokenizer: StreamingTextTokenizer
+    tokenizer: StreamingTextTokenizer | None  # None: the caller appends token ids, not text
     text: str = ""
 
     def reset(self, step: int) -> None:
         self.track.reset(step)
-        self.tokenizer.flush()
+        if self.tokenizer is not None:
+            self.tokenizer.flush()
         self.text = ""
 
     def append_text(self, text: str, step: int) -> int:
         """Append streamed oracle text; returns the number of its tokens that came too late."""
+        if self.tokenizer is None:
+            raise RuntimeError("this front-end has no text tokenizer; append token ids instead")
         self.text += text
         return self.track.append(self.tokenizer.feed(text), step)
 
     def end(self, step: int) -> int:
         """The oracle's text is complete: schedule its held-back last word."""
-        return self.track.append(self.tokenizer.flush(), step)
+        return self.track.append(self.tokenizer.flush(), step) if self.tokenizer is not None else 0
 
     def clear(self) -> None:
         self.track.clear()
-        self.tokenizer.flush()
+        if self.tokenizer is not None:
+            self.tokenizer.flush()
         self.text = ""
