@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("checkpoint", "infer")
+COMMANDS = ("checkpoint", "infer", "oracle")
 
 
 class UserError(Exception):

@@ -308,9 +308,7 @@ class WhisperStream(VADSegmentedStream):
         self._emitted = True
         stable = len(self._committed) + agreed
         return [
-            Transcript(
-                "partial", text, tuple(words), self.utterance, self.heard_s, stable, decoded.compute_s
-            )
+            Transcript("partial", text, tuple(words), self.utterance, self.heard_s, stable, decoded.compute_s)
         ]
 
     def _maybe_commit(self, agreed: int) -> int:
