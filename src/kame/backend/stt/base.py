@@ -205,6 +205,12 @@ class STTStream(ABC):
     def pushed_s(self) -> float:
         return self._pushed_samples / self.sample_rate
 
+    @property
+    def backlog_s(self) -> float:
+        """Audio pushed but not decoded yet (what the simulation clock waits for)."""
+        with self._lock:
+            return max(0, self._pushed_samples - self._processed_samples) / self.sample_rate
+
     # -- consumer side (event loop) -----------------------------------------------------------------
     async def start(self) -> None:
         """Bind to the running event loop and start recognizing."""

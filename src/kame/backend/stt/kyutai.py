@@ -18,13 +18,17 @@ folder (config.json, model weights, Mimi weights, tokenizer), loaded once on one
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import soxr
@@ -77,7 +81,6 @@ class KyutaiModels:
 def load_kyutai_models(config: KyutaiConfig) -> KyutaiModels:
     """Load the checkpoint named by ``config.model`` (hub repo or folder); STTError says what is missing."""
     import torch
-    from moshi.models import loaders
 
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise STTError(
@@ -85,20 +88,7 @@ def load_kyutai_models(config: KyutaiConfig) -> KyutaiModels:
             "--stt whisper here, or set device='cpu' to run it (far slower than real time on small CPUs)"
         )
     folder = Path(config.model).expanduser()
-    try:
-        if folder.is_dir():
-            info = _info_from_folder(folder, loaders)
-        else:
-            info = loaders.CheckpointInfo.from_hf_repo(config.model)
-    except STTError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - hub, network and file errors all mean "weights unavailable"
-        raise STTError(
-            f"kyutai: cannot get the weights of {config.model!r} ({type(exc).__name__}: {exc}). On a "
-            f"machine with internet access run `huggingface-cli download {DEFAULT_REPO}` (it is cached for "
-            "later offline use), or pass a local folder holding config.json, the model and Mimi "
-            "safetensors and the SentencePiece tokenizer"
-        ) from exc
+    info = _info_from_folder(folder) if folder.is_dir() else _info_from_hub(config.model)
     dtype = getattr(torch, config.dtype, None)
     if not isinstance(dtype, torch.dtype):
         raise STTError(f"kyutai: unknown dtype {config.dtype!r}; use bfloat16, float16 or float32")
@@ -113,24 +103,82 @@ def load_kyutai_models(config: KyutaiConfig) -> KyutaiModels:
     return KyutaiModels(lm.eval(), mimi.eval(), tokenizer, dict(info.stt_config))
 
 
-def _info_from_folder(folder: Path, loaders: Any) -> Any:
-    import json
+def _checkpoint_files(raw: dict[str, Any]) -> dict[str, str]:
+    """moshi's file keys of a config.json and their default names."""
+    from moshi.models import loaders
 
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise STTError(f"kyutai: {folder} has no config.json")
-    raw = json.loads(config_path.read_text())
     files = {
         "moshi_weights": raw.get("moshi_name", "model.safetensors"),
         "mimi_weights": raw.get("mimi_name", loaders.MIMI_NAME),
         "tokenizer": raw.get("tokenizer_name", loaders.TEXT_TOKENIZER_NAME),
     }
+    if raw.get("mimi_config_name"):
+        files["mimi_config_path"] = raw["mimi_config_name"]
+    if raw.get("lora_name"):
+        files["lora_weights"] = raw["lora_name"]
+    return files
+
+
+def _info_from_folder(folder: Path) -> Any:
+    from moshi.models import loaders
+
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise STTError(f"kyutai: {folder} has no config.json")
+    files = _checkpoint_files(json.loads(config_path.read_text()))
     missing = [name for name in files.values() if not (folder / name).is_file()]
     if missing:
         raise STTError(f"kyutai: {folder} lacks {', '.join(missing)}")
-    return loaders.CheckpointInfo.from_hf_repo(
-        "local", config_path=config_path, **{key: folder / name for key, name in files.items()}
+    paths = {key: folder / name for key, name in files.items()}
+    return loaders.CheckpointInfo.from_hf_repo(str(folder), config_path=config_path, **paths)
+
+
+def _info_from_hub(repo: str) -> Any:
+    """Files from the local Hugging Face cache, or downloaded when the hub is reachable.
+
+    moshi's own lookup is not used: offline it retries for most of a minute and then takes the
+    repository for a Moshi 7B; here a missing file fails at once and says what to do.
+    """
+    from moshi.models import loaders
+
+    config_path = Path(_hub_file(repo, "config.json"))
+    files = _checkpoint_files(json.loads(config_path.read_text()))
+    paths = {key: Path(_hub_file(repo, name)) for key, name in files.items()}
+    return loaders.CheckpointInfo.from_hf_repo(repo, config_path=config_path, **paths)
+
+
+def _hub_file(repo: str, name: str) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, name, local_files_only=True)
+    except Exception:  # noqa: BLE001, S110 - not cached: try the hub below
+        pass
+    how = (
+        f"download it on a machine with internet access (`huggingface-cli download {repo}`, then copy "
+        "the Hugging Face cache), or pass a local folder holding config.json, the model and Mimi "
+        "safetensors and the SentencePiece tokenizer (--stt kyutai:/path/to/folder)"
     )
+    if not _hub_reachable():
+        raise STTError(
+            f"kyutai: {repo}/{name} is not in the local Hugging Face cache and the hub is unreachable; {how}"
+        )
+    try:
+        return hf_hub_download(repo, name)
+    except Exception as exc:  # noqa: BLE001 - unknown repo, gated repo, network failure
+        raise STTError(f"kyutai: cannot download {repo}/{name} ({type(exc).__name__}: {exc}); {how}") from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 class WordDecoder:
