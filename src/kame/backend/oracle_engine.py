@@ -145,7 +145,7 @@ class OracleEngine:
         self.config = config or OracleConfig()
         self.policy = self.config.policy
         self.system_prompt = self.config.load_system_prompt()
-        self.timeline = timeline or Timeline(session or "session", keep=10_000)
+        self.timeline = timeline if timeline is not None else Timeline(session or "session", keep=10_000)
         self.session = session or self.timeline.session
         self._sink: OracleSink | None = sink
         self.stats = OracleStats()
@@ -236,7 +236,7 @@ class OracleEngine:
         """Wait until no transcript is queued and no answer is streaming; False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while self._queue or any(not s.done for s in self._streams.values()) or self._pending_trigger():
+        while self.busy:
             if deadline is not None and loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -251,6 +251,15 @@ class OracleEngine:
     def current_oracle(self) -> str:
         """The text of the oracle the front-end is reading (the last adopted answer)."""
         return self._oracle_text
+
+    @property
+    def busy(self) -> bool:
+        """Work is pending: transcripts not absorbed, an answer streaming, or a request due."""
+        return bool(self._queue) or self.running_streams > 0 or self._pending_trigger() is not None
+
+    def wake(self) -> None:
+        """Re-evaluate the policy now (call after moving a virtual clock: rate limits may have expired)."""
+        self._wake()
 
     @property
     def running_streams(self) -> int:

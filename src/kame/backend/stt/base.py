@@ -203,11 +203,12 @@ class STTStream(ABC):
 
     @property
     def pushed_s(self) -> float:
+        """Seconds of audio pushed so far (at the engine's rate, after resampling)."""
         return self._pushed_samples / self.sample_rate
 
     @property
     def backlog_s(self) -> float:
-        """Audio pushed but not decoded yet (what the simulation clock waits for)."""
+        """Audio pushed but not decoded yet, seconds (what a simulation clock waits for)."""
         with self._lock:
             return max(0, self._pushed_samples - self._processed_samples) / self.sample_rate
 
