@@ -170,6 +170,9 @@ class Timeline:
         with self._lock:
             return len(self._events)
 
+    def __bool__(self) -> bool:  # a timeline with no events yet is still a timeline
+        return True
+
     # -- files --------------------------------------------------------------------------------------
     def write_jsonl(self, path: str | Path) -> Path:
         """Write the events kept in memory to ``path`` (one JSON object per line)."""
