@@ -75,7 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_oracle(args))
 
 
-async def run_oracle(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+async def run_oracle(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     import numpy as np
 
     from kame.audio.io import load_audio
