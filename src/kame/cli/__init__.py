@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("checkpoint", "infer", "oracle")
+COMMANDS = ("checkpoint", "infer", "serve", "simulate", "oracle")
 
 
 class UserError(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -306,13 +307,34 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def tiny_checkpoint_path() -> Path:
+    """Where ``--frontend tiny`` keeps its random checkpoint (created on first use)."""
+    cache = Path(os.environ.get("KAME_CACHE", Path.home() / ".cache" / "kame"))
+    return cache / "tiny-random"
+
+
+def ensure_tiny_checkpoint() -> Path:
+    folder = tiny_checkpoint_path()
+    if not (folder / CONFIG_NAME).is_file():
+        logger.info("creating the tiny random checkpoint in %s", folder)
+        init_checkpoint(folder)
+    return folder
+
+
 def load_frontend(
     spec: str | Path = DEFAULT_FRONTEND,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     lora_weights: str | Path | None = None,
 ) -> Frontend:
-    """Load a KAME (or plain Moshi, upgraded) front-end from a folder or ``hf://owner/name``."""
+    """Load a KAME (or plain Moshi, upgraded) front-end from a folder or ``hf://owner/name``.
+
+    ``tiny`` names a small random checkpoint (created on first use): the plumbing runs end to end on a
+    CPU, but its "voice" is noise and its words random.
+    """
+    if str(spec) == "tiny":
+        logger.warning("--frontend tiny: random weights; the assistant's audio is noise (plumbing only)")
+        spec = ensure_tiny_checkpoint()
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     info = resolve_checkpoint(spec, lora_weights=lora_weights)

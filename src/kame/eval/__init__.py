@@ -1,0 +1,1 @@
+"""Evaluation: latency from session timelines, judged quality, reports."""

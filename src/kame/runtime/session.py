@@ -1,0 +1,301 @@
+"""One conversation: a slot in the batched front-end plus its own back-end, tied by one timeline.
+
+Audio flows in through ``push_audio`` (from a WebSocket or a recording) to both the front-end's input
+buffer and the STT; the back-end's oracle events reach the front-end at frame boundaries; what the
+front-end produces (80 ms of audio, a text piece) comes back on the event loop and goes to the client,
+and the assistant's words feed the back-end's conversation history. A failing back-end never touches
+the frame clock: its errors are timeline events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import soxr
+
+from kame.audio.io import MODEL_SAMPLE_RATE, AudioFormatError, to_mono
+from kame.backend.oracle_events import OracleEvent
+from kame.frontend.engine import FRAME_SIZE, FrameOutput
+from kame.runtime.backend import Backend, SessionBackend
+from kame.runtime.scheduler import FrameStepper
+from kame.runtime.timeline import Clock, Timeline
+from kame.runtime.words import AssistantWords
+
+logger = logging.getLogger(__name__)
+
+
+class SessionOutput(Protocol):
+    """Where a session's products go (a WebSocket, a file); all called on the event loop."""
+
+    def on_audio(self, pcm: np.ndarray) -> None: ...
+
+    def on_text(self, piece: str) -> None: ...
+
+    def on_event(self, event: dict[str, Any]) -> None: ...
+
+
+class NullOutput:
+    def on_audio(self, pcm: np.ndarray) -> None:
+        pass
+
+    def on_text(self, piece: str) -> None:
+        pass
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class SessionConfig:
+    max_backlog_s: float = 0.5  # user audio waiting for the frame clock beyond this is dropped
+    max_seconds: float | None = None  # a session longer than this is ended
+
+
+@dataclass
+class SessionMetrics:
+    """Per-session counters; ``snapshot`` is what clients and /metrics see."""
+
+    frames: int = 0
+    deadline_misses: int = 0
+    input_underruns: int = 0  # frames stepped on silence because no user audio had arrived
+    input_dropped_s: float = 0.0  # user audio dropped to keep latency bounded
+    oracle_events: int = 0
+    assistant_words: int = 0
+    step_s: deque[float] = field(default_factory=lambda: deque(maxlen=250))
+    oracle_lag_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))  # emitted -> fed
+    llm_ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=100))
+
+    def snapshot(self) -> dict[str, Any]:
+        def median_ms(values: deque[float]) -> float | None:
+            return round(float(np.median(list(values))) * 1e3, 1) if values else None
+
+        return {
+            "frames": self.frames,
+            "deadline_misses": self.deadline_misses,
+            "late_frame_pct": round(100 * self.deadline_misses / self.frames, 2) if self.frames else 0.0,
+            "input_underruns": self.input_underruns,
+            "input_dropped_s": round(self.input_dropped_s, 3),
+            "oracle_events": self.oracle_events,
+            "assistant_words": self.assistant_words,
+            "step_ms": median_ms(self.step_s),
+            "oracle_lag_ms": median_ms(self.oracle_lag_s),
+            "llm_ttft_ms": median_ms(self.llm_ttft_s),
+        }
+
+
+class Session:
+    """Create, ``await start()``, ``push_audio`` as it arrives, ``await close()``."""
+
+    def __init__(
+        self,
+        session_id: str,
+        stepper: FrameStepper,
+        backend: Backend | None,
+        *,
+        output: SessionOutput | None = None,
+        clock: Clock | None = None,
+        timeline_path: str | None = None,
+        config: SessionConfig | None = None,
+    ) -> None:
+        self.id = session_id
+        self.stepper = stepper
+        self.config = config or SessionConfig()
+        self.output: SessionOutput = output or NullOutput()
+        self.timeline = Timeline(session_id, path=timeline_path, **({"clock": clock} if clock else {}))
+        self.metrics = SessionMetrics()
+        self.slot: int | None = None
+        frontend = stepper.engine.frontend
+        lm = frontend.lm
+        self.words = AssistantWords(
+            frontend.tokenizer, (lm.text_padding_token_id, lm.end_of_text_padding_id), lm.text_card
+        )
+        self._backend = backend
+        self.back: SessionBackend | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._input: deque[np.ndarray] = deque()
+        self._input_samples = 0
+        self._resampler: soxr.ResampleStream | None = None
+        self._resample_rate: int | None = None
+        self._heard_audio = False
+        self._input_finished = False
+        self._closed = False
+        self.audio_out: list[np.ndarray] = []  # kept when ``keep_audio`` (offline simulation)
+        self.keep_audio = False
+        self._unsubscribe = self.timeline.subscribe(self._observe)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._backend is not None:
+            self.back = self._backend.open_session(self.id, self.timeline, self._on_oracle)
+            await self.back.start()
+        self.slot = await self.stepper.join(self)
+        self.timeline.record("session_start", slot=self.slot)
+
+    async def close(self, reason: str = "closed") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.slot is not None:
+            self.stepper.leave(self.slot)
+        if self.back is not None:
+            try:
+                await self.back.aclose()
+            except Exception:  # noqa: BLE001 - closing must finish whatever the back-end does
+                logger.exception("session %s: closing the back-end failed", self.id)
+        for word in self.words.flush():
+            self._said(word)
+        self.timeline.record("session_end", reason=reason, **self.metrics.snapshot())
+        self._unsubscribe()
+        self.timeline.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- user audio (event loop) --------------------------------------------------------------------
+    def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None:
+        """User audio of any rate; goes to the front-end's buffer (24 kHz) and to the STT."""
+        if self._closed:
+            return
+        pcm = to_mono(pcm)
+        if not np.all(np.isfinite(pcm)):
+            raise AudioFormatError("audio contains NaN or infinite samples")
+        if sample_rate != self._resample_rate:
+            self._resample_rate = sample_rate
+            self._resampler = (
+                None
+                if sample_rate == MODEL_SAMPLE_RATE
+                else soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32")
+            )
+        model_pcm = pcm if self._resampler is None else self._resampler.resample_chunk(pcm)
+        if self.back is not None and not self._input_finished:
+            self.back.stream.push(pcm, sample_rate)
+        self.timeline.add_audio(len(pcm) / sample_rate, record=False)
+        limit = int(self.config.max_backlog_s * MODEL_SAMPLE_RATE) + FRAME_SIZE
+        with self._lock:
+            self._heard_audio = True
+            self._input.append(model_pcm.astype(np.float32, copy=False))
+            self._input_samples += model_pcm.size
+            while self._input_samples > limit and len(self._input) > 1:
+                dropped = self._input.popleft()
+                self._input_samples -= dropped.size
+                self.metrics.input_dropped_s += dropped.size / MODEL_SAMPLE_RATE
+
+    def end_of_input(self) -> None:
+        """The user's audio is over (a recording ended): the STT finalizes its last utterance."""
+        self._input_finished = True
+        if self.back is not None:
+            self.back.stream.finish()
+
+    # -- the frame clock's side (stepper thread) ----------------------------------------------------
+    def take_frame(self) -> np.ndarray:
+        """The next 80 ms of user audio, or silence if it has not arrived (an underrun)."""
+        with self._lock:
+            if self._input_samples < FRAME_SIZE:
+                if self._heard_audio:
+                    self.metrics.input_underruns += 1
+                return np.zeros(FRAME_SIZE, dtype=np.float32)
+            parts, need = [], FRAME_SIZE
+            while need:
+                head = self._input[0]
+                if head.size <= need:
+                    parts.append(self._input.popleft())
+                    need -= head.size
+                else:
+                    parts.append(head[:need])
+                    self._input[0] = head[need:]
+                    need = 0
+            self._input_samples -= FRAME_SIZE
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def deliver(self, output: FrameOutput, step_s: float, late: bool) -> None:
+        metrics = self.metrics
+        metrics.frames += 1
+        metrics.step_s.append(step_s)
+        if late:
+            metrics.deadline_misses += 1
+        if self._loop is not None and not self._closed:
+            self._loop.call_soon_threadsafe(self._on_frame, output)
+
+    # -- results (event loop) -----------------------------------------------------------------------
+    def _on_frame(self, output: FrameOutput) -> None:
+        if self._closed:
+            return
+        self.output.on_audio(output.pcm)
+        if self.keep_audio:
+            self.audio_out.append(output.pcm)
+        piece, words = self.words.feed(output.result.text)
+        for word in words:
+            self._said(word)
+        if piece:
+            self.output.on_text(piece)
+
+    def _said(self, word: str) -> None:
+        self.metrics.assistant_words += 1
+        self.timeline.record("assistant_word", word)
+        if self.back is not None:
+            self.back.engine.add_assistant_text(word)
+        self.output.on_event({"type": "assistant", "text": word, "t": round(self.timeline.now(), 3)})
+
+    def _on_oracle(self, event: OracleEvent) -> None:
+        """The back-end's sink: forward the operation to the frame clock (applied at a frame boundary)."""
+        slot = self.slot
+        if slot is None or self._closed:
+            return
+        self.metrics.oracle_events += 1
+        self.stepper.submit(lambda: self._apply_oracle(slot, event))
+
+    def _apply_oracle(self, slot: int, event: OracleEvent) -> None:
+        """On the stepper's thread, right before a frame."""
+        if self._closed:
+            return
+        gen = self.stepper.engine.generator
+        late = 0
+        if event.kind == "reset":
+            gen.oracle_reset(slot)
+            if event.text:
+                late = gen.oracle_append_text(slot, event.text)
+        elif event.kind == "append":
+            late = gen.oracle_append_text(slot, event.text)
+        else:
+            late = gen.oracle_end(slot)
+        lag = max(0.0, self.timeline.now() - event.t)
+        self.metrics.oracle_lag_s.append(lag)
+        self.timeline.record(
+            "oracle_applied", kind=event.kind, stream=event.stream_id, frame=gen.step_of(slot),
+            lag=round(lag, 4), late_tokens=late,
+        )  # fmt: skip
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        """Timeline observer: forward what the client shows live (any thread)."""
+        kind = event["type"]
+        if kind == "llm_first_token" and "ttft" in event:
+            self.metrics.llm_ttft_s.append(float(event["ttft"]))
+        if kind in (
+            "partial",
+            "final",
+            "oracle_reset",
+            "oracle_append",
+            "oracle_end",
+            "oracle_cancel",
+            "error",
+        ):
+            message = {
+                k: event[k] for k in ("type", "t", "text", "stream", "source", "message") if k in event
+            }
+            if kind.startswith("oracle_") and self.back is not None:
+                message["oracle"] = self.back.engine.current_oracle
+            if self._loop is not None and not self._closed:
+                self._loop.call_soon_threadsafe(self._emit, message)
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        if not self._closed:
+            self.output.on_event(message)

@@ -1,0 +1,137 @@
+"""Offline simulation: the live session code over a recording, on a virtual or a real clock.
+
+The user's audio is fed frame by frame, followed by silence until the assistant's reply ends (its text
+stream falls silent for ``reply_silence_s``) or ``max_reply_s`` passes. With ``realtime`` the frames are
+paced by the wall clock, exactly as a live client. Without it (the default) a virtual clock runs: it
+advances 80 ms per frame and charges the back-end (STT decoding, LLM streaming) its real wall time
+while it has work pending, skipping ahead when it is idle, and charges the front-end's own compute
+nothing (as on a GPU that steps in a few ms). Oracle lags measured this way are therefore a lower bound
+on a machine as loaded as this one; ``--realtime`` measures them exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.runtime.backend import Backend
+from kame.runtime.scheduler import FRAME_S, FrameStepper
+from kame.runtime.session import Session
+from kame.runtime.timeline import Event
+
+
+class SimulationClock:
+    """Wall time, minus the front-end's compute, plus the idle gaps skipped over."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+
+    def __call__(self) -> float:
+        return time.perf_counter() + self._offset
+
+    def exclude(self, seconds: float) -> None:
+        """``seconds`` of wall time just spent do not count."""
+        self._offset -= seconds
+
+    def skip(self, seconds: float) -> None:
+        """Jump ``seconds`` ahead (nothing was waiting)."""
+        self._offset += max(0.0, seconds)
+
+
+@dataclass
+class SimulationConfig:
+    realtime: bool = False
+    reply_silence_s: float = 2.0  # the reply has ended after this long without an assistant word
+    max_reply_s: float = 30.0  # ...or after this long past the end of the user's audio
+    min_reply_s: float = 3.0  # always run at least this long past the end of the user's audio
+    backend_idle_wait_s: float = 0.01
+
+
+@dataclass
+class SimulationResult:
+    audio: np.ndarray  # the assistant's 24 kHz audio, frame-aligned with the user's
+    user_audio: np.ndarray  # the user's audio, padded with the silence that followed it
+    events: list[Event]
+    frames: int
+    metrics: dict
+
+    def words(self) -> list[Event]:
+        return [e for e in self.events if e["type"] == "assistant_word"]
+
+
+async def simulate(
+    engine: FrontendEngine,
+    backend: Backend | None,
+    user_audio: np.ndarray,
+    config: SimulationConfig | None = None,
+    *,
+    session_id: str = "sim",
+    timeline_path: str | None = None,
+) -> SimulationResult:
+    """Run one session over ``user_audio`` (24 kHz mono); the stepper runs in this task (manual mode)."""
+    config = config or SimulationConfig()
+    stepper = FrameStepper(engine)
+    clock = time.perf_counter if config.realtime else SimulationClock()
+    session = Session(session_id, stepper, backend, clock=clock, timeline_path=timeline_path)
+    session.keep_audio = True
+    await session.start()
+    user_frames = -(-len(user_audio) // FRAME_SIZE)
+    padded = np.zeros(user_frames * FRAME_SIZE, dtype=np.float32)
+    padded[: len(user_audio)] = user_audio
+    max_frames = user_frames + int(np.ceil(config.max_reply_s / FRAME_S))
+    min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
+    silence = np.zeros(FRAME_SIZE, dtype=np.float32)
+    start = time.perf_counter()
+    frame = 0
+    last_word_count, last_word_frame = 0, 0
+    try:
+        while frame < max_frames:
+            target = frame * FRAME_S
+            if config.realtime:
+                delay = start + target - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                await _advance_virtual(session, clock, target, config)  # type: ignore[arg-type]
+            chunk = padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE] if frame < user_frames else silence
+            session.push_audio(chunk, 24000)  # the silence after the question too: the STT's VAD ends it
+            began = time.perf_counter()
+            stepper.step_once()
+            if not config.realtime:
+                clock.exclude(time.perf_counter() - began)  # type: ignore[union-attr]
+            await asyncio.sleep(0)  # deliver the frame's results on the loop
+            frame += 1
+            words = session.metrics.assistant_words
+            if words != last_word_count:
+                last_word_count, last_word_frame = words, frame
+            reply_quiet = (frame - max(last_word_frame, user_frames)) * FRAME_S >= config.reply_silence_s
+            if frame >= min_frames and reply_quiet:
+                break
+    finally:
+        await session.close("simulation ended")
+    audio = np.concatenate(session.audio_out) if session.audio_out else np.zeros(0, np.float32)
+    user = np.zeros(frame * FRAME_SIZE, dtype=np.float32)
+    user[: min(len(padded), len(user))] = padded[: len(user)]
+    return SimulationResult(audio, user, session.timeline.events, frame, session.metrics.snapshot())
+
+
+async def _advance_virtual(
+    session: Session, clock: SimulationClock, target: float, config: SimulationConfig
+) -> None:
+    """Let virtual time reach ``target``: wait while the back-end works, jump while it is idle."""
+    while True:
+        now = session.timeline.now()
+        if now >= target:
+            return
+        if session.back is not None and session.back.busy():
+            await asyncio.sleep(min(config.backend_idle_wait_s, target - now))
+        else:
+            for _ in range(3):  # let pending callbacks (transcripts, decisions, tokens) run first
+                await asyncio.sleep(0)
+            if session.back is None or not session.back.busy():
+                clock.skip(target - session.timeline.now())
+                return

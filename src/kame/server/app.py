@@ -1,0 +1,377 @@
+"""The aiohttp application: /api/chat (Moshi's protocol), /healthz, /metrics and the web client.
+
+Many sessions share one batched front-end stepped by one frame-clock thread; each WebSocket gets its
+own back-end. When every slot is taken a new client is refused with HTTP 503 or, if configured, waits
+in a bounded queue (told its position). A client that breaks the protocol, sends oversized messages,
+goes silent or disconnects mid-frame ends its own session cleanly; nobody else notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sphn
+from aiohttp import WSMsgType, web
+
+from kame.frontend.engine import FrontendEngine
+from kame.runtime.backend import Backend
+from kame.runtime.scheduler import FrameStepper
+from kame.runtime.session import Session, SessionConfig
+from kame.server import protocol
+from kame.server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 24000
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8998
+    when_full: str = "reject"  # or "queue"
+    queue_size: int = 8
+    queue_timeout_s: float = 120.0
+    max_message_bytes: int = 256 * 1024
+    idle_timeout_s: float = 15.0  # a client that sends nothing this long is disconnected
+    max_session_s: float | None = 3600.0
+    metrics_interval_s: float = 1.0
+    max_outgoing: int = 400  # messages waiting for a slow client; beyond this audio is dropped
+    timeline_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.when_full not in ("reject", "queue"):
+            raise ValueError(f"when_full must be 'reject' or 'queue', got {self.when_full!r}")
+        if self.queue_size < 0 or self.max_message_bytes < 64 or self.idle_timeout_s <= 0:
+            raise ValueError("queue_size >= 0, max_message_bytes >= 64 and idle_timeout_s > 0 are required")
+
+
+class ServerFull(Exception):
+    """Every slot is taken and the queue (if any) is full."""
+
+
+class CapacityGate:
+    """At most ``capacity`` sessions; others wait in a bounded FIFO queue or are refused."""
+
+    def __init__(self, capacity: int, queue_size: int, queueing: bool) -> None:
+        self.capacity = capacity
+        self.queue_size = queue_size if queueing else 0
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def try_acquire(self) -> asyncio.Future[None] | None:
+        """None: a slot is yours. A future: wait for it (and ``cancel`` on giving up). Raises ServerFull."""
+        if self.active < self.capacity and not self._waiters:
+            self.active += 1
+            return None
+        if len(self._waiters) >= self.queue_size:
+            raise ServerFull(f"all {self.capacity} sessions are in use and {self.queued} clients are waiting")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        return future
+
+    def position(self, future: asyncio.Future[None]) -> int:
+        return list(self._waiters).index(future) + 1 if future in self._waiters else 0
+
+    def cancel(self, future: asyncio.Future[None]) -> None:
+        if future in self._waiters:
+            self._waiters.remove(future)
+        elif future.done() and not future.cancelled():
+            self.release()  # it was granted just as the client gave up
+
+    def release(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the slot passes straight to the next client
+                return
+        self.active -= 1
+
+
+class WebSocketOutput:
+    """A session's products, encoded and queued for one WebSocket (never blocks the session)."""
+
+    def __init__(self, events: bool, max_outgoing: int) -> None:
+        self.events = events
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max_outgoing)
+        self._writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+        self.dropped = 0
+
+    def _put(self, message: bytes, droppable: bool = False) -> None:
+        if self.queue.full():
+            if droppable:
+                self.dropped += 1
+                return
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+                self.dropped += 1
+        self.queue.put_nowait(message)
+
+    def on_audio(self, pcm: np.ndarray) -> None:
+        ogg = self._writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
+        if ogg:
+            self._put(protocol.audio_message(ogg), droppable=True)
+
+    def on_text(self, piece: str) -> None:
+        self._put(protocol.text_message(piece))
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        if self.events:
+            self._put(protocol.metadata_message(event))
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+
+class KameServer:
+    """Owns the frame clock, the shared back-end, the sessions and the HTTP routes."""
+
+    def __init__(
+        self,
+        engine: FrontendEngine,
+        backend: Backend | None,
+        config: ServerConfig | None = None,
+        static_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config or ServerConfig()
+        self.engine = engine
+        self.backend = backend
+        self.stepper = FrameStepper(engine)
+        self.metrics = ServerMetrics()
+        self.metrics.capacity.set(engine.max_sessions)
+        self.stepper.on_step = self.metrics.on_step
+        self.gate = CapacityGate(
+            engine.max_sessions, self.config.queue_size, self.config.when_full == "queue"
+        )
+        self.sessions: dict[str, Session] = {}
+        self._ids = itertools.count(1)
+        self.static_dir = Path(static_dir) if static_dir else _default_static_dir()
+        self.started = time.time()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def warm_up(self, frames: int = 6) -> None:
+        """Step a throw-away session so that compilation and CUDA graphs happen before any client."""
+        slot = self.engine.join()
+        silence = np.zeros(1920, dtype=np.float32)
+        for _ in range(frames):
+            self.engine.step({slot: silence})
+        self.engine.leave(slot)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_message_bytes)
+        app.router.add_get("/api/chat", self.chat)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.prometheus)
+        if (self.static_dir / "index.html").is_file():
+            app.router.add_get("/", self.index)
+            app.router.add_static("/static/", self.static_dir)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        if self.backend is not None:
+            await self.backend.load()
+        self.stepper.start()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        for session in list(self.sessions.values()):
+            await session.close("server shutdown")
+        self.stepper.stop()
+        if self.backend is not None:
+            await self.backend.aclose()
+
+    # -- plain HTTP ---------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        stats = self.stepper.stats
+        return web.json_response(
+            {
+                "status": "ok",
+                "sessions": len(self.sessions),
+                "capacity": self.engine.max_sessions,
+                "queued": self.gate.queued,
+                "device": str(self.engine.device),
+                "steps": stats.steps,
+                "step_ms_p50": round(stats.percentile_ms(50), 2),
+                "step_ms_p99": round(stats.percentile_ms(99), 2),
+                "late_frames": stats.late_frames,
+                "uptime_s": round(time.time() - self.started, 1),
+            }
+        )
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        self.metrics.sessions_active.set(len(self.sessions))
+        self.metrics.sessions_queued.set(self.gate.queued)
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(self.static_dir / "index.html")
+
+    # -- the chat WebSocket -------------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        events = request.query.get("events", "0").lower() in ("1", "true", "yes")
+        try:
+            waiter = self.gate.try_acquire()
+        except ServerFull as exc:
+            self.metrics.sessions_rejected.inc()
+            return web.json_response({"error": f"server full: {exc}; try again later"}, status=503)
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, heartbeat=10.0)
+        try:
+            await ws.prepare(request)
+        except Exception:
+            if waiter is None:
+                self.gate.release()
+            else:
+                self.gate.cancel(waiter)
+            raise
+        if waiter is not None and not await self._wait_in_queue(ws, waiter, events):
+            return ws
+        try:
+            await self._serve(ws, events)
+        finally:
+            self.gate.release()
+        return ws
+
+    async def _wait_in_queue(
+        self, ws: web.WebSocketResponse, waiter: asyncio.Future[None], events: bool
+    ) -> bool:
+        """Tell the client its place until a slot frees; False if it left or waited too long."""
+        deadline = time.monotonic() + self.config.queue_timeout_s
+        try:
+            while not waiter.done():
+                if ws.closed or time.monotonic() > deadline:
+                    self.gate.cancel(waiter)
+                    if not ws.closed:
+                        await _close_with_error(ws, "waited too long for a free session; try again later")
+                    return False
+                if events:
+                    await ws.send_bytes(
+                        protocol.metadata_message({"type": "queued", "position": self.gate.position(waiter)})
+                    )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
+        except (ConnectionError, RuntimeError):
+            self.gate.cancel(waiter)
+            return False
+        return True
+
+    async def _serve(self, ws: web.WebSocketResponse, events: bool) -> None:
+        session_id = f"s{next(self._ids)}"
+        output = WebSocketOutput(events, self.config.max_outgoing)
+        timeline_path = None
+        if self.config.timeline_dir:
+            timeline_path = str(Path(self.config.timeline_dir) / f"{session_id}-{int(time.time())}.jsonl")
+        session = Session(
+            session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path,
+            config=SessionConfig(max_seconds=self.config.max_session_s),
+        )  # fmt: skip
+        session.timeline.subscribe(self.metrics.on_event)
+        reason = "client closed"
+        sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
+        ticker = asyncio.create_task(self._metrics_loop(session, output), name=f"kame-metrics-{session_id}")
+        try:
+            await session.start()
+            self.sessions[session_id] = session
+            self.metrics.sessions_total.inc()
+            await ws.send_bytes(protocol.HANDSHAKE)
+            output.on_event(
+                {"type": "session", "session": session_id, "sample_rate": SAMPLE_RATE, "frame_ms": 80}
+            )
+            reason = await self._receive_loop(ws, session)
+        except protocol.ProtocolError as exc:
+            reason = "protocol error"
+            await _close_with_error(ws, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one session's failure must not touch the others
+            reason = "server error"
+            logger.exception("session %s failed", session_id)
+            await _close_with_error(ws, f"server error: {type(exc).__name__}: {exc}")
+        finally:
+            self.sessions.pop(session_id, None)
+            self.metrics.sessions_ended.labels(reason).inc()
+            await session.close(reason)
+            output.close()
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ticker
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(sender, timeout=2.0)
+            if not ws.closed:
+                await ws.close()
+
+    async def _receive_loop(self, ws: web.WebSocketResponse, session: Session) -> str:
+        reader = sphn.OpusStreamReader(SAMPLE_RATE)
+        started = time.monotonic()
+        while True:
+            limit = self.config.max_session_s
+            if limit is not None and time.monotonic() - started > limit:
+                await _close_with_error(ws, f"session time limit of {limit:.0f} s reached")
+                return "time limit"
+            try:
+                msg = await ws.receive(timeout=self.config.idle_timeout_s)
+            except TimeoutError:
+                await _close_with_error(ws, f"no message for {self.config.idle_timeout_s:.0f} s: closing")
+                return "idle"
+            if msg.type == WSMsgType.BINARY:
+                message = protocol.parse_client_message(msg.data, self.config.max_message_bytes)
+                if message.kind == protocol.KIND_AUDIO:
+                    try:
+                        pcm = reader.append_bytes(message.payload)
+                    except ValueError as exc:
+                        raise protocol.ProtocolError(f"audio is not Ogg Opus at 24 kHz ({exc})") from exc
+                    if pcm.size:
+                        session.push_audio(pcm, SAMPLE_RATE)
+            elif msg.type == WSMsgType.TEXT:
+                raise protocol.ProtocolError("text frames are not part of the protocol: send binary messages")
+            elif msg.type == WSMsgType.ERROR:
+                exc = ws.exception()
+                if exc is not None and "size" in str(exc).lower():
+                    raise protocol.ProtocolError(
+                        f"message over the {self.config.max_message_bytes}-byte limit"
+                    )
+                return "connection error"
+            else:  # CLOSE, CLOSING, CLOSED
+                return "client closed"
+
+    async def _send_loop(self, ws: web.WebSocketResponse, output: WebSocketOutput) -> None:
+        while True:
+            message = await output.queue.get()
+            if message is None or ws.closed:
+                return
+            try:
+                await ws.send_bytes(message)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def _metrics_loop(self, session: Session, output: WebSocketOutput) -> None:
+        while True:
+            await asyncio.sleep(self.config.metrics_interval_s)
+            snapshot = session.metrics.snapshot()
+            snapshot["outgoing_dropped"] = output.dropped
+            output.on_event({"type": "metrics", **snapshot})
+
+
+async def _close_with_error(ws: web.WebSocketResponse, message: str) -> None:
+    if ws.closed:
+        return
+    with contextlib.suppress(Exception):
+        await ws.send_bytes(protocol.error_message(message))
+        await ws.close(message=message[:120].encode("utf-8"))
+
+
+def _default_static_dir() -> Path:
+    return Path(str(resources.files("kame.server").joinpath("static")))
