@@ -67,8 +67,14 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 def anthropic_start() -> bytes:
     message = {
-        "id": "msg_test", "type": "message", "role": "assistant", "content": [], "model": "test",
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0},
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "test",
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 0},
     }
     return _event("message_start", {"type": "message_start", "message": message}) + _event(
         "content_block_start",
@@ -88,8 +94,11 @@ def anthropic_end() -> bytes:
         _event("content_block_stop", {"type": "content_block_stop", "index": 0})
         + _event(
             "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-             "usage": {"output_tokens": 1}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 1},
+            },
         )
         + _event("message_stop", {"type": "message_stop"})
     )

@@ -22,8 +22,11 @@ QUESTION = [
 ]
 
 # protocol -> (spec prefix, what to append to the server's root URL to make the base URL)
-PROVIDERS = {"openai": ("openai:test-model", "/v1"), "anthropic": ("anthropic:test-model", ""),
-             "gemini": ("gemini:test-model", "")}
+PROVIDERS = {
+    "openai": ("openai:test-model", "/v1"),
+    "anthropic": ("anthropic:test-model", ""),
+    "gemini": ("gemini:test-model", ""),
+}
 pytestmark = pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession:DeprecationWarning")
 FAST = {"api_key": "test-key", "timeout": 1.0, "retries": 2, "backoff": 0.02}
 
@@ -172,8 +175,13 @@ def _llama_backed_openai_app(model: str) -> web.Application:
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 64
         temperature = body.get("temperature", 0.0)
         async for text in llm.stream_chat(messages, max_tokens=max_tokens, temperature=temperature):
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
-                     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -41,4 +41,12 @@ class TTSEngine(ABC):
 
     @abstractmethod
     def synthesize(self, text: str, *, voice: str | None = None, rate: float = 1.0) -> Speech:
-        """Speak ``text``; ``rate`` > 1 speaks faster. Raises TTSError."""
+        """Speak ``text``; ``rate`` > 1 speaks faster. Raises TTSError.
+
+        ``Speech.words`` lists every word of ``spoken_words(text)`` in order with its start and end, or
+        is empty when the engine could not align this text (callers then align with an STT).
+        """
+
+    def voices(self) -> list[str | None]:
+        """Voices to draw from for variety (None = the engine's default voice)."""
+        return [None]
