@@ -48,6 +48,7 @@ def test_bad_input_is_a_clear_error(question_wav, tmp_path, capsys):
     assert "unknown STT engine 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # real time, and its oracle timing needs the LLM's first token within ~2 s (an idle CPU)
 def test_real_time_oracles_arrive_while_the_question_is_spoken(question_wav, tmp_path):
     path, utterance, start = question_wav
     timeline_path = tmp_path / "tl.jsonl"

@@ -489,3 +489,31 @@ def test_the_local_llm_answers_a_question(local_llm):
     assert len(answer.split()) <= 40
     ttft = engine.timeline.of_type("llm_first_token")[0]["ttft"]
     assert 0 < ttft < 10
+
+
+@pytest.mark.parametrize("grace", [2.0, 0.0])
+def test_new_words_wait_for_a_slow_first_token_unless_the_grace_is_off(grace):
+    async def scenario():
+        llm = ScriptedLLM(lambda m: "reply to " + m[-1].content, first_token_s=0.6, chunk_s=0.05)
+        engine, events = await make(llm, policy=OraclePolicy(first_token_grace_s=grace))
+        engine.on_transcript(partial("what is"))
+        await asyncio.sleep(0.2)
+        engine.on_transcript(partial("what is the capital"))
+        assert await engine.wait_idle(5)
+        await engine.aclose()
+        return engine, events
+
+    engine, events = asyncio.run(scenario())
+    cancels = engine.timeline.of_type("oracle_cancel")
+    first_tokens = engine.timeline.of_type("llm_first_token")
+    if grace:
+        # The first answer got its first token out, then made way for the newer words at once.
+        assert [(c["stream"], c["had_tokens"]) for c in cancels] == [(0, True)]
+        assert [f["stream"] for f in first_tokens] == [0, 1]
+        request_1 = engine.timeline.of_type("llm_request")[1]
+        assert 0 <= request_1["t"] - first_tokens[0]["t"] < 0.05
+    else:
+        # The released rule: cancelled before saying anything.
+        assert [(c["stream"], c["had_tokens"]) for c in cancels] == [(0, False)]
+        assert [f["stream"] for f in first_tokens] == [1]
+    assert "".join(e.text for e in events if e.stream_id == 1) == "reply to what is the capital"

@@ -7,7 +7,10 @@ cancelled so the LLM works on the newest one. When to ask follows the released K
 the user said ``min_new_words`` more words or an utterance ended, at most ``max_restarts`` starts per
 ``restart_window_s``), either restarting (one stream at a time) or in parallel (several streams, the
 first newer one to produce a token is adopted and older ones cancelled). Decisions are taken on each
-transcript by default; ``poll_interval_s = 0.5`` reproduces the released polling.
+transcript by default; ``poll_interval_s = 0.5`` reproduces the released polling. One deliberate change:
+in restart mode, new words do not cancel an answer still waiting for its first token (for at most
+``first_token_grace_s``); with a slow LLM the released rule cancels every answer before it says
+anything, so the front-end gets no oracle until the user stops (measured with bench/backend.py).
 
 The LLM sees the conversation: the user's turns and what the assistant actually said (the runtime
 reports the assistant's words with ``add_assistant_text``). One engine serves one session and lives on
@@ -51,14 +54,20 @@ class OraclePolicy:
     max_parallel: int = 5  # parallel mode: streams running at once
     parallel_interval_s: float = 0.5  # parallel mode: least time between two starts
     error_backoff_s: float = 1.0  # after an LLM error, wait this long before asking again
+    # Restart mode: new words do not cancel an answer that has waited less than this for its first token
+    # (a final still does). When the LLM's time to first token exceeds the partial cadence, the released
+    # policy cancels every answer before it says anything; this lets each one through. 0: released.
+    first_token_grace_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("restart", "parallel"):
             raise ValueError(f"policy mode must be 'restart' or 'parallel', got {self.mode!r}")
         if self.min_new_words < 1 or self.max_restarts < 1 or self.max_parallel < 1:
             raise ValueError("min_new_words, max_restarts and max_parallel must be >= 1")
-        if self.restart_window_s <= 0 or self.parallel_interval_s < 0 or self.error_backoff_s < 0:
+        if self.restart_window_s <= 0 or min(self.parallel_interval_s, self.error_backoff_s) < 0:
             raise ValueError("restart_window_s must be > 0; parallel_interval_s, error_backoff_s >= 0")
+        if self.first_token_grace_s < 0:
+            raise ValueError(f"first_token_grace_s must be >= 0, got {self.first_token_grace_s}")
         if self.poll_interval_s is not None and self.poll_interval_s <= 0:
             raise ValueError(f"poll_interval_s must be > 0 or None, got {self.poll_interval_s}")
 
@@ -339,6 +348,9 @@ class OracleEngine:
             waits.append(self._starts[0] + self.policy.restart_window_s - now)
         if self.policy.mode == "parallel" and self._starts:
             waits.append(self._starts[-1] + self.policy.parallel_interval_s - now)
+        waiting = self._waiting_for_first_token(now)
+        if waiting is not None:
+            waits.append(waiting.started + self.policy.first_token_grace_s - now)
         wait = max(waits)
         return wait if wait > 0 else None
 
@@ -357,10 +369,22 @@ class OracleEngine:
             if self.running_streams >= self.policy.max_parallel:
                 return
         else:
+            if reason != "final" and self._waiting_for_first_token(now) is not None:
+                return  # re-evaluated on its first token or when its grace runs out
             for stream in list(self._streams.values()):
                 if not stream.done:
                     self._cancel(stream, "restart")
         self._start(reason, now)
+
+    def _waiting_for_first_token(self, now: float) -> _Stream | None:
+        """Restart mode: a running stream still within its grace for the first token, if any."""
+        grace = self.policy.first_token_grace_s
+        if self.policy.mode != "restart" or grace <= 0:
+            return None
+        for stream in self._streams.values():
+            if not stream.done and stream.first_token is None and now - stream.started < grace:
+                return stream
+        return None
 
     def _start(self, reason: str, now: float) -> None:
         stream = _Stream(
@@ -448,6 +472,7 @@ class OracleEngine:
                     )
                     if not self._adopt(stream):
                         return
+                    self._wake()  # a restart may have waited for this first token
                 text, cut = self._cap(stream, text)
                 if text:
                     stream.text += text

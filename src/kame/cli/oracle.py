@@ -168,10 +168,10 @@ class _Echo:
     def __call__(self, event: Event) -> None:
         if event["type"] == "llm_request" and event.get("reason") == "final":
             self.final_streams.add(event["stream"])
-        elif (
-            event["type"] == "oracle_end" and event.get("stream") in self.final_streams and event.get("text")
-        ):
-            self.engine.add_assistant_text(event["text"])
+        elif event["type"] in ("oracle_end", "oracle_cancel") and event.get("stream") in self.final_streams:
+            self.final_streams.discard(event["stream"])  # what it had said of the answer, even if cut
+            if event.get("text"):
+                self.engine.add_assistant_text(event["text"])
 
 
 class _Printer:

@@ -28,7 +28,7 @@ from kame.backend.stt.base import (
     words_text,
 )
 from kame.backend.stt.segmented import VADSegmentedStream
-from kame.backend.stt.vad import SAMPLE_RATE, SileroModel, VADConfig
+from kame.backend.stt.vad import BLOCK, SAMPLE_RATE, SileroModel, VADConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class PocketSphinxStream(VADSegmentedStream):
         super().__init__(engine.config.vad, vad_model, session, options)
         self.engine = engine
         self._decoder = engine.new_decoder()
-        self._interval = int(engine.config.partial_interval_s * SAMPLE_RATE)
+        self._interval = max(1, int(engine.config.partial_interval_s * SAMPLE_RATE) // BLOCK) * BLOCK
         self._since_read = 0
         self._start_s = 0.0
         self._last_text = ""

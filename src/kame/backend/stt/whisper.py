@@ -41,7 +41,7 @@ from kame.backend.stt.base import (
     words_text,
 )
 from kame.backend.stt.segmented import VADSegmentedStream
-from kame.backend.stt.vad import SAMPLE_RATE, SileroModel, VADConfig
+from kame.backend.stt.vad import BLOCK, SAMPLE_RATE, SileroModel, VADConfig
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,8 @@ class WhisperStream(VADSegmentedStream):
         super().__init__(engine.config.vad, vad_model, session, options)
         self.engine = engine
         self.config = engine.config
-        self._interval = int(self.config.decode_interval_s * SAMPLE_RATE)
+        # Whole VAD blocks, rounded down, so that decodes come at most ``decode_interval_s`` apart.
+        self._interval = max(1, int(self.config.decode_interval_s * SAMPLE_RATE) // BLOCK) * BLOCK
         self._reset_utterance(0.0)
 
     def _reset_utterance(self, start_s: float) -> None:
