@@ -4,7 +4,8 @@ The default model is SmolLM2-135M-Instruct, shipped inside the PyPI package ``ll
 ``importlib.util.find_spec`` without importing it: its import needs the ``llm`` CLI). ``local:PATH``
 runs any other GGUF file. A process loads each model once and shares it: decoding holds the model's
 lock, so concurrent sessions queue. Decoding runs in a worker thread and checks a stop flag between
-tokens, so cancelling the consuming task (or closing the stream) frees the model within one token.
+tokens, so cancelling the consuming task (or closing the stream) frees the model within one token (after
+the prompt, which is read in one go).
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class SharedModel:
 
             try:
                 self._llama = Llama(
-                    model_path=str(self.path), n_ctx=self.context, n_threads=self.threads, verbose=False
+                    model_path=str(self.path),
+                    n_ctx=self.context,
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,  # its default (all cores) stalls on a busy machine
+                    verbose=False,
                 )
             except (ValueError, RuntimeError, OSError) as exc:
                 message = f"{self.path}: llama.cpp cannot load it as a GGUF model ({exc})"
