@@ -6,9 +6,10 @@ faster-whisper's ``transcribe`` pads every clip to 30 s, and the encoder pass ov
 0.5 s whatever the clip's length, too slow for a partial every 0.5 s. CTranslate2 accepts a shorter mel
 window, so this engine encodes only ``max(min_window_s, clip)`` seconds: 10 s of encoder costs about
 0.06 s, and a whole decode (features, encoder, greedy decoder, word alignment) about 0.1-0.15 s for a
-few seconds of speech. Shorter windows (clip + 1 s) are faster still but loop and drop words
-(WER 10 % instead of 2 % on Piper speech); 10 s matches or beats the 30 s window (WER measured on 12
-Piper and 12 espeak-ng questions: 1.6 % / 13.6 % with 10 s, 2.4 % / 20.8 % with 30 s).
+few seconds of speech. Shorter windows (clip + 1 s) are faster still but loop and drop words (WER
+about 10 % instead of 2 % on single decodes of Piper questions). Through this whole streaming path, on
+12 Piper and 12 espeak-ng questions, finals had WER 5.6 % / 7.9 % with the 10 s window and 0.8 % / 7.1 %
+with 30 s at three times the cost; ``final_min_window_s = 30`` buys that accuracy for finals only.
 
 Re-reading stays bounded: words that two successive decodes agree on are the stable prefix; once the
 utterance's undecided audio exceeds ``max_window_s``, stable words that ended more than
@@ -75,6 +76,8 @@ class WhisperConfig:
     beam_size: int = 1
     decode_interval_s: float = 0.5  # seconds of speech between two partial decodes
     min_window_s: float = 10.0  # the encoder always sees at least this much (shorter windows loop)
+    final_min_window_s: float | None = None  # for finals only (30: WER 0.8 % instead of 5.6 % on Piper
+    #                                         questions, about 0.4 s later on one CPU thread)
     max_window_s: float = 15.0  # undecided audio above this gets its stable words committed
     commit_margin_s: float = 1.0  # only words that ended this long before the live edge are committed
     max_tokens_per_s: float = 6.0  # decoder length bound (guards against repetition loops)
@@ -85,7 +88,8 @@ class WhisperConfig:
     def __post_init__(self) -> None:
         if self.decode_interval_s <= 0:
             raise ValueError(f"decode_interval_s must be > 0, got {self.decode_interval_s}")
-        if not 0 < self.min_window_s <= 30 or not 0 < self.max_window_s <= 28:
+        final = self.final_min_window_s if self.final_min_window_s is not None else self.min_window_s
+        if not 0 < self.min_window_s <= 30 or not 0 < final <= 30 or not 0 < self.max_window_s <= 28:
             raise ValueError("Whisper windows must be within 30 s (min_window_s <= 30, max_window_s <= 28)")
         if self.beam_size < 1 or self.cpu_threads < 0 or self.num_workers < 1:
             raise ValueError("beam_size and num_workers must be >= 1, cpu_threads >= 0")
@@ -164,8 +168,10 @@ class WhisperSTT(STTEngine):
         return self._vad_model
 
     # -- decoding (called from stream worker threads) -----------------------------------------------
-    def decode(self, audio: np.ndarray, prompt: str = "") -> Decoded:
-        """Transcribe a clip (16 kHz) with word times relative to its start; ``prompt``: text before it."""
+    def decode(self, audio: np.ndarray, prompt: str = "", *, final: bool = False) -> Decoded:
+        """Transcribe a clip (16 kHz) with word times relative to its start; ``prompt``: text before it.
+
+        ``final``: the utterance is over (uses ``final_min_window_s`` when set)."""
         started = time.perf_counter()
         model, tokenizer, config = self._model, self._tokenizer, self.config
         if model is None:
@@ -173,7 +179,10 @@ class WhisperSTT(STTEngine):
         duration = audio.size / SAMPLE_RATE
         features = model.feature_extractor(audio)
         n_frames = min(features.shape[1], MAX_FRAMES)
-        floor = int(config.min_window_s * FRAMES_PER_SECOND)
+        min_window = config.min_window_s
+        if final and config.final_min_window_s is not None:
+            min_window = config.final_min_window_s
+        floor = int(min_window * FRAMES_PER_SECOND)
         window = min(MAX_FRAMES, max(floor, math.ceil(n_frames / 100) * 100))
         if features.shape[1] < window:
             features = np.pad(features, ((0, 0), (0, window - features.shape[1])))
@@ -270,7 +279,7 @@ class WhisperStream(VADSegmentedStream):
         return []
 
     def _on_end(self) -> Iterable[Transcript]:
-        decoded = self._decode()
+        decoded = self._decode(final=True)
         words = self._committed + self._shift(decoded.words)
         if not words and not self._emitted:
             return []
@@ -286,10 +295,10 @@ class WhisperStream(VADSegmentedStream):
             )
         ]
 
-    def _decode(self) -> Decoded:
+    def _decode(self, final: bool = False) -> Decoded:
         self._since_decode = 0
         self.stats.decodes += 1
-        return self.engine.decode(self._buffer(), prompt=words_text(self._committed))
+        return self.engine.decode(self._buffer(), prompt=words_text(self._committed), final=final)
 
     def _shift(self, words: list[Word]) -> list[Word]:
         offset = self._buffer_start_s
