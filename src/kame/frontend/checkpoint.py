@@ -330,11 +330,14 @@ def load_frontend(
     """Load a KAME (or plain Moshi, upgraded) front-end from a folder or ``hf://owner/name``.
 
     ``tiny`` names a small random checkpoint (created on first use): the plumbing runs end to end on a
-    CPU, but its "voice" is noise and its words random.
+    CPU, but its "voice" is noise and its words random. ``random:PRESET`` (e.g. ``random:moshi-7b``)
+    builds a preset's shape with random weights in memory, for benchmarks.
     """
     if str(spec) == "tiny":
         logger.warning("--frontend tiny: random weights; the assistant's audio is noise (plumbing only)")
         spec = ensure_tiny_checkpoint()
+    if str(spec).startswith("random:"):  # benchmarks: a preset's shape with random weights, in memory
+        return random_frontend(str(spec).removeprefix("random:"), device=device, dtype=dtype)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     info = resolve_checkpoint(spec, lora_weights=lora_weights)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -56,8 +58,12 @@ class StepStats:
 class FrameStepper:
     """Owns a ``FrontendEngine``; ``step_once`` is the only place the models run."""
 
-    def __init__(self, engine: FrontendEngine, *, frame_s: float = FRAME_S, max_lag_s: float = 1.0) -> None:
+    def __init__(
+        self, engine: FrontendEngine, *, frame_s: float = FRAME_S, max_lag_s: float = 1.0, nice: int = -10
+    ) -> None:
         self.engine = engine
+        self.nice = nice  # the frame clock's thread priority (like an audio thread); needs CAP_SYS_NICE
+        self.switch_interval_s = 0.0005
         self.frame_s = frame_s
         self.max_lag_s = max_lag_s
         self.stats = StepStats()
@@ -162,6 +168,10 @@ class FrameStepper:
         """Step in real time on a dedicated thread."""
         if self._thread is not None:
             return
+        # Torch releases the interpreter lock around every kernel; with Python's default 5 ms switch
+        # interval the frame clock can wait that long to get it back from a busy back-end thread, many
+        # times per step. A shorter interval keeps the clock's steps short in a busy process.
+        sys.setswitchinterval(min(sys.getswitchinterval(), self.switch_interval_s))
         self._thread = threading.Thread(target=self._run, name="kame-frame-clock", daemon=True)
         self._thread.start()
 
@@ -172,7 +182,15 @@ class FrameStepper:
             self._thread.join(timeout=5)
         self.run_ops()
 
+    def _raise_priority(self) -> None:
+        """The frame clock must win the CPU from back-end threads on a busy machine."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+        except (PermissionError, OSError, AttributeError) as exc:
+            logger.info("frame clock runs at normal priority (could not set nice %d: %s)", self.nice, exc)
+
     def _run(self) -> None:
+        self._raise_priority()
         next_tick: float | None = None
         while not self._stop.is_set():
             self.run_ops()

@@ -1,0 +1,217 @@
+"""Load test: N concurrent Moshi-protocol clients against a kame server, for growing N.
+
+The server runs in this process (a real aiohttp server on 127.0.0.1, the real frame-clock thread and
+back-end) and the clients are real WebSocket clients sending Ogg Opus at the real-time pace, looping a
+spoken question followed by silence. For each N it reports the front-end step time, the share of
+session-frames whose step missed its 80 ms deadline, the oracle lag (back-end event -> frame boundary),
+the LLM time to first token, input underruns and the rate at which clients receive reply audio.
+
+    python bench/serve_load.py --frontend tiny --clients 1 2 3 --seconds 20
+    python bench/serve_load.py --frontend random:moshi-7b --device cuda --backend none --clients 1 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+import numpy as np
+import sphn
+import torch
+from aiohttp import web
+
+from kame.audio.io import load_audio
+from kame.frontend.checkpoint import load_frontend
+from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.runtime.backend import Backend, BackendSpec
+from kame.server import protocol
+from kame.server.app import KameServer, ServerConfig
+
+
+def speech_loop() -> np.ndarray:
+    """A spoken question then 2.5 s of silence (espeak-ng), or a tone where espeak-ng is missing."""
+    if shutil.which("espeak-ng"):
+        with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
+            text = "Could you tell me what the tallest mountain in Europe is?"
+            subprocess.run(["espeak-ng", "-s", "150", "-w", wav.name, text], check=True)
+            speech = load_audio(wav.name)
+    else:
+        t = np.arange(int(2.5 * 24000)) / 24000
+        speech = (0.2 * np.sin(2 * np.pi * (200 + 100 * np.sin(3 * t)) * t)).astype(np.float32)
+    return np.concatenate([speech, np.zeros(int(2.5 * 24000), np.float32)])
+
+
+async def client(url: str, audio: np.ndarray, seconds: float, offset: int) -> dict:
+    writer = sphn.OpusStreamWriter(24000)
+    reader = sphn.OpusStreamReader(24000)
+    received = 0
+    errors: list[str] = []
+    frames = len(audio) // FRAME_SIZE
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/api/chat") as ws:
+
+        async def receive() -> None:
+            nonlocal received
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return
+                if msg.data[:1] == bytes([protocol.KIND_AUDIO]):
+                    received += reader.append_bytes(msg.data[1:]).size
+                elif msg.data[:1] == bytes([protocol.KIND_ERROR]):
+                    errors.append(msg.data[1:].decode())
+
+        receiver = asyncio.create_task(receive())
+        start = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - start < seconds:
+            index = (offset + sent) % frames
+            ogg = writer.append_pcm(audio[index * FRAME_SIZE : (index + 1) * FRAME_SIZE])
+            if ogg:
+                await ws.send_bytes(protocol.audio_message(ogg))
+            sent += 1
+            delay = start + sent * 0.08 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elapsed = time.perf_counter() - start
+        await ws.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(receiver, 3)
+    return {"received_audio_s": received / 24000, "elapsed_s": elapsed, "errors": errors}
+
+
+async def run_clients(url: str, n: int, seconds: float) -> list[dict]:
+    audio = speech_loop()
+    frames_per_loop = len(audio) // FRAME_SIZE
+    return await asyncio.gather(
+        *(client(url, audio, seconds, i * frames_per_loop // max(n, 1)) for i in range(n))
+    )
+
+
+async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dict:
+    stats = server.stepper.stats
+    before = (stats.steps, stats.frames, stats.late_frames, stats.resyncs)
+    stats.step_s.clear()
+    lags: list[float] = []
+    ttfts: list[float] = []
+    underruns = 0
+
+    def observe(event: dict) -> None:
+        if event["type"] == "oracle_applied":
+            lags.append(float(event["lag"]))
+        elif event["type"] == "llm_first_token" and "ttft" in event:
+            ttfts.append(float(event["ttft"]))
+
+    original = server.metrics.on_event
+
+    def on_event(event: dict) -> None:
+        original(event)
+        observe(event)
+
+    server.metrics.on_event = on_event  # type: ignore[method-assign]
+    # The clients run in another process, as they would on other machines: their Opus work and Python
+    # must not compete with the server for its interpreter lock.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client-mode", url, "--clients", str(n), "--seconds", str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await proc.communicate()
+    results = json.loads(stdout.decode().strip().splitlines()[-1])
+    server.metrics.on_event = original  # type: ignore[method-assign]
+    for session in list(server.sessions.values()):
+        underruns += session.metrics.input_underruns
+    steps = stats.steps - before[0]
+    frames = stats.frames - before[1]
+    late = stats.late_frames - before[2]
+    step_ms = [s * 1e3 for s in stats.step_s]
+    return {
+        "clients": n,
+        "steps": steps,
+        "session_frames": frames,
+        "late_frame_pct": round(100 * late / frames, 3) if frames else None,
+        "step_ms_p50": round(statistics.median(step_ms), 2) if step_ms else None,
+        "step_ms_p99": round(float(np.percentile(step_ms, 99)), 2) if step_ms else None,
+        "resyncs": stats.resyncs - before[3],
+        "oracle_lag_ms_median": round(statistics.median(lags) * 1e3, 1) if lags else None,
+        "oracle_lag_ms_p90": round(float(np.percentile(lags, 90)) * 1e3, 1) if lags else None,
+        "oracle_events_applied": len(lags),
+        "llm_ttft_ms_median": round(statistics.median(ttfts) * 1e3, 1) if ttfts else None,
+        "reply_audio_rate": round(min(r["received_audio_s"] / r["elapsed_s"] for r in results), 3),
+        "client_errors": sum(len(r["errors"]) for r in results),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    frontend = load_frontend(args.frontend, device=args.device)
+    engine = FrontendEngine(frontend, max_sessions=args.max_sessions or max(args.clients))
+    backend = None if args.backend == "none" else Backend.from_spec(BackendSpec(stt=args.stt, llm=args.llm))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = KameServer(engine, backend, ServerConfig(port=port, idle_timeout_s=30))
+    server.warm_up(frames=20)
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for n in args.clients:
+            row = await run_level(server, url, n, args.seconds)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            await asyncio.sleep(1.0)
+    finally:
+        await runner.cleanup()
+        engine.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frontend", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", choices=["embedded", "none"], default="embedded")
+    parser.add_argument("--stt", default="whisper")
+    parser.add_argument("--llm", default="local")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--max-sessions", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--client-mode", default=None, metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_mode:
+        print(json.dumps(asyncio.run(run_clients(args.client_mode, args.clients[0], args.seconds))))
+        return
+    info = {"frontend": args.frontend, "device": args.device, "backend": args.backend}
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+    print(json.dumps(info), flush=True)
+    rows = asyncio.run(main_async(args))
+    header = ("N", "late %", "step p50", "step p99", "oracle lag", "ttft", "audio rate")
+    print("\n{:>3} {:>8} {:>9} {:>9} {:>11} {:>7} {:>10}".format(*header))
+    for r in rows:
+        print(
+            f"{r['clients']:>3} {r['late_frame_pct']!s:>8} {r['step_ms_p50']!s:>9} {r['step_ms_p99']!s:>9} "
+            f"{r['oracle_lag_ms_median']!s:>11} {r['llm_ttft_ms_median']!s:>7} {r['reply_audio_rate']!s:>10}"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"info": info, "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
