@@ -47,7 +47,8 @@ def test_partials_grow_while_speaking_and_finals_are_right(whisper_engine, piper
         assert len(early) >= 3, [p.text for p in partials.get(index, [])]
         counts = [p.word_count for p in early]
         assert counts[-1] >= counts[0] + 3 and counts[-1] >= 0.6 * len(normalize(utterance.text)), counts
-        assert sum(b >= a for a, b in zip(counts, counts[1:], strict=False)) >= 0.8 * (len(counts) - 1)
+        shrinks = sum(b < a for a, b in zip(counts, counts[1:], strict=False))  # a revised guess
+        assert shrinks <= max(1, len(counts) // 4), counts
         # A partial at least every ~0.5 s of speech (one decode per 0.5 s; unchanged text is not resent).
         times = [p.audio_t for p in early]
         gaps = np.diff(times)
