@@ -9,6 +9,7 @@ then mapped onto the text's words (``phoneme_align``), which gives each word's s
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from pathlib import Path
@@ -34,29 +35,47 @@ def default_voice_path() -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def load_voice(path: str):  # type: ignore[no-untyped-def]  # -> piper.PiperVoice
-    """Load a Piper voice once per process, patched to output phoneme alignments."""
+def load_voice(path: str, threads: int = 1):  # type: ignore[no-untyped-def]  # -> piper.PiperVoice
+    """Load a Piper voice once per process, patched in memory to output phoneme alignments, running on
+    ``threads`` CPU threads (onnxruntime's default, all cores, stalls on a busy machine)."""
+    import onnx
+    import onnxruntime
     from piper import PiperVoice
+    from piper.config import PiperConfig
+    from piper.patch_voice_with_alignment import add_alignment_output
 
-    model = Path(path)
-    config = Path(f"{model}.json")
-    if not model.is_file():
-        raise TTSError(f"{model}: no such Piper voice (.onnx) file")
-    if not config.is_file():
-        raise TTSError(f"{model}: its config {config.name} is missing; put it beside the .onnx file")
+    model_path = Path(path)
+    config_path = Path(f"{model_path}.json")
+    if not model_path.is_file():
+        raise TTSError(f"{model_path}: no such Piper voice (.onnx) file")
+    if not config_path.is_file():
+        raise TTSError(f"{model_path}: its config {config_path.name} is missing; put it beside the voice")
     try:
-        return PiperVoice.load(model, config, include_alignments=True)
-    except Exception as exc:  # onnxruntime/JSON errors: the file is not a Piper voice
-        raise TTSError(f"{model}: cannot load it as a Piper voice ({type(exc).__name__}: {exc})") from exc
+        model = onnx.load(str(model_path))
+        try:
+            add_alignment_output(model)
+        except ValueError:
+            logger.debug("%s: already outputs alignments, or has no Ceil tensor to expose", model_path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        config = PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    except Exception as exc:  # onnx/onnxruntime/JSON errors: the file is not a Piper voice
+        reason = f"{type(exc).__name__}: {exc}"
+        raise TTSError(f"{model_path}: cannot load it as a Piper voice ({reason})") from exc
+    return PiperVoice(session=session, config=config)
 
 
 class PiperTTS(TTSEngine):
     name = "piper"
 
-    def __init__(self, voice_path: str | Path | None = None) -> None:
+    def __init__(self, voice_path: str | Path | None = None, *, threads: int = 1) -> None:
         path = Path(voice_path).expanduser() if voice_path else default_voice_path()
         self.voice_path = path
-        self._voice = load_voice(str(path.resolve()))
+        self._voice = load_voice(str(path.resolve()), threads)
         self._lock = threading.Lock()  # Piper's phonemizer keeps per-call state
 
     @property
