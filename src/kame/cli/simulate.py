@@ -26,11 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
+def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
+    """Load the front-end and back-end named by ``args`` and simulate one session over ``audio``."""
     import torch
 
-    from kame.audio.io import load_audio, write_wav
     from kame.cli.infer import sampling_from_args
     from kame.cli.serve import backend_from_args
     from kame.frontend.checkpoint import load_frontend
@@ -40,7 +39,6 @@ def _run(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    audio = load_audio(args.input)
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
     backend = backend_from_args(args)
     config = SimulationConfig(realtime=args.realtime, max_reply_s=args.max_reply)
@@ -50,25 +48,37 @@ def _run(args: argparse.Namespace) -> int:
             if backend is not None:
                 await backend.load()
             with FrontendEngine(frontend, 1, sampling_from_args(args)) as engine:
-                return await simulate(engine, backend, audio, config, timeline_path=args.timeline)
+                return await simulate(engine, backend, audio, config, timeline_path=timeline_path)
         finally:
             if backend is not None:
                 await backend.aclose()
 
-    result = asyncio.run(run())
-    write_wav(args.output, result.audio)
-    if args.stereo:
-        import soundfile as sf
+    return asyncio.run(run())
 
+
+def write_outputs(result, output: str, stereo: str | None) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from kame.audio.io import write_wav
+
+    write_wav(output, result.audio)
+    if stereo:
         n = min(len(result.audio), len(result.user_audio))
-        sf.write(
-            args.stereo, np.stack([result.user_audio[:n], result.audio[:n]], axis=1), 24000, subtype="PCM_16"
-        )
-    _print_summary(result)
+        both = np.clip(np.stack([result.user_audio[:n], result.audio[:n]], axis=1), -1, 1)
+        sf.write(stereo, both, 24000, subtype="PCM_16")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kame.audio.io import load_audio
+
+    result = run_simulation(args, load_audio(args.input), args.timeline)
+    write_outputs(result, args.output, args.stereo)
+    print_summary(result)
     return 0
 
 
-def _print_summary(result) -> None:
+def print_summary(result) -> None:
     from kame.eval.latency import summarize_timeline
 
     summary = summarize_timeline(result.events)
