@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -100,8 +101,11 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         records = read_records(args.folder, audio=False)
         if args.json:
-            for record in records:
-                print(json.dumps(record.meta, ensure_ascii=False))
+            try:
+                for record in records:
+                    print(json.dumps(record.meta, ensure_ascii=False), flush=True)
+            except BrokenPipeError:  # the reader (e.g. head) stopped early
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
             return 0
         count, seconds, levels, chosen = 0, 0.0, Counter(), None
         for record in records:

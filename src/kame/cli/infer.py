@@ -9,11 +9,19 @@ from kame.frontend.checkpoint import DEFAULT_FRONTEND
 
 def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags every command that runs the front-end shares."""
-    parser.add_argument("--frontend", default=DEFAULT_FRONTEND, help="checkpoint folder or hf://owner/name")
+    parser.add_argument(
+        "--frontend",
+        default=DEFAULT_FRONTEND,
+        help="checkpoint folder, hf://owner/name, or tiny (random, CPU)",
+    )
     parser.add_argument("--lora", default=None, help="LoRA weights (safetensors) for the front-end")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--greedy", action="store_true", help="argmax sampling: deterministic output")
+    parser.add_argument("--temp", type=float, default=None, help="audio temperature (default 0.8)")
+    parser.add_argument("--temp-text", type=float, default=None, help="text temperature (default 0.7)")
+    parser.add_argument("--top-k", type=int, default=None, help="audio top-k (default 250)")
+    parser.add_argument("--top-k-text", type=int, default=None, help="text top-k (default 25)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,10 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def sampling_from_args(args: argparse.Namespace):
+def sampling_from_args(args: argparse.Namespace, frontend=None):
+    """Sampling: moshi's defaults, then the checkpoint's ``lm_gen_config``, then the flags."""
     from kame.frontend.generator import SamplingConfig
 
-    return SamplingConfig(greedy=args.greedy)
+    return SamplingConfig.merged(
+        frontend.lm_gen_config if frontend is not None else {},
+        greedy=args.greedy or None, temp=args.temp, temp_text=args.temp_text, top_k=args.top_k,
+        top_k_text=args.top_k_text,
+    )  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -44,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     audio = load_audio(args.input)
     script = load_oracle_script(args.oracle_script) if args.oracle_script else []
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
-    result = run_inference(frontend, audio, script, sampling_from_args(args), seed=args.seed)
+    result = run_inference(frontend, audio, script, sampling_from_args(args, frontend), seed=args.seed)
     write_wav(args.output, result.audio)
     if args.tokens:
         write_tokens_json(args.tokens, result)

@@ -68,7 +68,9 @@ def _run(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout, timeline_dir=args.timeline_dir,
     )  # fmt: skip
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
-    engine = FrontendEngine(frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args))
+    engine = FrontendEngine(
+        frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args, frontend)
+    )
     server = KameServer(engine, backend_from_args(args), config)
     logger.info("warming up the front-end (%d slots on %s)", args.max_sessions, engine.device)
     server.warm_up()

@@ -47,7 +47,7 @@ def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
         try:
             if backend is not None:
                 await backend.load()
-            with FrontendEngine(frontend, 1, sampling_from_args(args)) as engine:
+            with FrontendEngine(frontend, 1, sampling_from_args(args, frontend)) as engine:
                 return await simulate(engine, backend, audio, config, timeline_path=timeline_path)
         finally:
             if backend is not None:

@@ -33,6 +33,18 @@ class SamplingConfig:
     temp_text: float = 0.7
     top_k_text: int = 25
 
+    @classmethod
+    def merged(cls, lm_gen_config: dict, **overrides) -> SamplingConfig:
+        """Defaults, then a checkpoint's ``lm_gen_config`` (moshi's key names), then non-None overrides."""
+        names = {"use_sampling": "greedy", "temp": "temp", "temp_text": "temp_text", "top_k": "top_k"}
+        names["top_k_text"] = "top_k_text"
+        values: dict = {}
+        for key, value in lm_gen_config.items():
+            if key in names:
+                values[names[key]] = (not value) if key == "use_sampling" else value
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
     def lmgen_kwargs(self) -> dict:
         return {
             "use_sampling": not self.greedy,
