@@ -91,8 +91,14 @@ def test_tokens_become_timed_words(tokenizer):
     assert [w.text for w in taken] == ["hello", "world"] and decoder.current() == []
 
 
-def _engine(stt_folder, **overrides) -> KyutaiSTT:
-    return create_stt(f"kyutai:{stt_folder}", device="cpu", dtype="float32", max_streams=2, **overrides)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")),
+]
+
+
+def _engine(stt_folder, device: str = "cpu", **overrides) -> KyutaiSTT:
+    return create_stt(f"kyutai:{stt_folder}", device=device, dtype="float32", max_streams=2, **overrides)
 
 
 async def _run_sessions(engine, pcms):
@@ -116,8 +122,9 @@ async def _run_sessions(engine, pcms):
     return streams, results
 
 
-def test_a_checkpoint_folder_loads_and_sessions_step_together(stt_folder):
-    engine = _engine(stt_folder)
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_folder_loads_and_sessions_step_together(stt_folder, device):
+    engine = _engine(stt_folder, device)
     rng = np.random.default_rng(0)
     pcms = [(rng.standard_normal(24000 * n) * 0.1).astype(np.float32) for n in (2, 3)]
     try:
@@ -139,12 +146,13 @@ def test_a_checkpoint_folder_loads_and_sessions_step_together(stt_folder):
         engine.close()
 
 
-def test_the_pause_head_ends_utterances(stt_folder):
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_pause_head_ends_utterances(stt_folder, device):
     """With the pause head's weights zeroed, its probability is 1/6 for every frame."""
     pcm = (np.random.default_rng(1).standard_normal(24000 * 3) * 0.1).astype(np.float32)
     finals_by_threshold = {}
     for threshold in (0.1, 0.5):
-        engine = _engine(stt_folder, pause_threshold=threshold)
+        engine = _engine(stt_folder, device, pause_threshold=threshold)
         engine.load()
         with torch.no_grad():
             engine.models.lm.extra_heads[engine.config.pause_head].weight.zero_()
