@@ -1,0 +1,227 @@
+"""Turn a dataset record into the aligned per-frame streams the trainer consumes.
+
+All streams share one index: frame f covers audio [f * 80 ms, (f + 1) * 80 ms) of the dialogue.
+
+- ``text``: the assistant's inner monologue. A word's tokens start at the word's start frame (the first
+  free frame at or after it) and follow one per frame; the frame before a word, if it would be padding,
+  carries the end-of-padding token (0); every other frame is the padding token (3).
+- ``user_text``: the same for the user's words (for models that also predict the other side).
+- ``oracle``: the oracle stream. Each event at frame f writes the start-of-oracle token (``text_card``)
+  there, then its text's tokens one per frame, and clears what an older event left after f; frames with
+  no oracle token are padding (3). The released trainer's augmentations are available: dropping each
+  event but the last with a probability drawn per record from U(0.1, 0.7), and shifting the whole stream
+  right by 1-10 or left by 1-15 frames.
+- ``assistant_codes`` / ``user_codes``: Mimi codes [K, T] of the two channels, computed with the
+  front-end's Mimi, optionally cached on disk (keyed by record id and a fingerprint of Mimi's weights).
+
+Training and streaming must agree on which token goes with which model step; this module speaks in
+frames only, and the trainer maps frames to steps exactly as the front-end's generator does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from kame.data.dataset import Record, read_records
+
+PAD = 3  # moshi's existing_text_padding_id
+END_OF_PAD = 0
+FRAME_RATE = 12.5
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+def num_frames(samples: int, sample_rate: int = 24000, frame_rate: float = FRAME_RATE) -> int:
+    per_frame = int(round(sample_rate / frame_rate))
+    return -(-samples // per_frame)
+
+
+def text_stream(
+    words: Sequence[dict[str, Any]],
+    frames: int,
+    tokenizer: Tokenizer,
+    *,
+    frame_rate: float = FRAME_RATE,
+    pad: int = PAD,
+    end_of_pad: int = END_OF_PAD,
+) -> list[int]:
+    """Inner-monologue alignment of timed words ({word, start, end}) into ``frames`` text tokens."""
+    stream = [pad] * frames
+    cursor = 0  # first free frame
+    for word in sorted(words, key=lambda w: w["start"]):
+        tokens = list(tokenizer.encode(str(word["word"])))
+        first = max(int(float(word["start"]) * frame_rate), cursor)
+        if not tokens or first >= frames:
+            continue
+        if first > 0 and stream[first - 1] == pad:
+            stream[first - 1] = end_of_pad
+        for k, token in enumerate(tokens[: frames - first]):
+            stream[first + k] = token
+        cursor = first + len(tokens)
+    return stream
+
+
+@dataclass
+class OracleAugment:
+    """The released trainer's oracle augmentations (REFERENCE.md section 3); ``None`` fields disable."""
+
+    skip_probability: tuple[float, float] | None = (0.1, 0.7)
+    shift_right: tuple[int, int] | None = (1, 10)
+    shift_left: tuple[int, int] | None = (1, 15)
+
+
+def oracle_stream(
+    events: Sequence[dict[str, Any]],
+    frames: int,
+    tokenizer: Tokenizer,
+    start_token: int,
+    *,
+    pad: int = PAD,
+    augment: OracleAugment | None = None,
+    rng: random.Random | None = None,
+) -> list[int]:
+    """The per-frame oracle tokens of a record's events ({frame, text}), later events overwriting."""
+    ordered = sorted(events, key=lambda e: int(e["frame"]))
+    if augment is not None:
+        rng = rng or random.Random()
+        if augment.skip_probability is not None and len(ordered) > 1:
+            p = rng.uniform(*augment.skip_probability)
+            ordered = [e for e in ordered[:-1] if rng.random() >= p] + [ordered[-1]]
+    stream = [pad] * frames
+    for event in ordered:
+        frame = int(event["frame"])
+        if not 0 <= frame < frames:
+            continue
+        tokens = [start_token, *tokenizer.encode(str(event["text"]))]
+        stream[frame:] = [pad] * (frames - frame)
+        for k, token in enumerate(tokens[: frames - frame]):
+            stream[frame + k] = token
+    if augment is not None:
+        stream = _shift(stream, augment, rng or random.Random(), pad)
+    return stream
+
+
+def _shift(stream: list[int], augment: OracleAugment, rng: random.Random, pad: int) -> list[int]:
+    choices = []
+    if augment.shift_right is not None:
+        choices.append(rng.randint(*augment.shift_right))
+    if augment.shift_left is not None:
+        choices.append(-rng.randint(*augment.shift_left))
+    if not choices:
+        return stream
+    shift = rng.choice(choices)
+    if shift > 0:
+        return [pad] * shift + stream[:-shift]
+    return stream[-shift:] + [pad] * (-shift)
+
+
+@dataclass
+class FrameStreams:
+    record_id: str
+    text: torch.Tensor  # [T] long
+    user_text: torch.Tensor  # [T] long
+    oracle: torch.Tensor  # [T] long
+    assistant_codes: torch.Tensor | None = None  # [K, T] long
+    user_codes: torch.Tensor | None = None  # [K, T] long
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frames(self) -> int:
+        return int(self.text.shape[0])
+
+
+class FrameLoader:
+    """Makes ``FrameStreams`` from records with a front-end's tokenizer and Mimi.
+
+    ``frontend`` is a ``kame.frontend.checkpoint.Frontend`` (``load_frontend(DIR)``); pass
+    ``codes=False`` for text and oracle streams only, ``cache`` for a folder of cached Mimi codes.
+    """
+
+    def __init__(self, frontend: Any, *, codes: bool = True, cache: str | Path | None = None) -> None:
+        if frontend.tokenizer is None:
+            raise ValueError("the front-end has no text tokenizer; load a checkpoint that includes one")
+        self.tokenizer = frontend.tokenizer
+        self.start_token = int(frontend.text_card)
+        self.mimi = frontend.mimi if codes else None
+        self.cache = Path(cache) if cache else None
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """Changes when Mimi's weights change (so stale cached codes are never used)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.mimi.state_dict().items()):  # type: ignore[union-attr]
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def encode(self, audio: np.ndarray, sample_rate: int) -> torch.Tensor:
+        mimi = self.mimi
+        if mimi is None:
+            raise ValueError("this loader was made with codes=False")
+        if sample_rate != mimi.sample_rate:
+            from kame.audio.io import resample
+
+            audio = resample(audio, sample_rate, int(mimi.sample_rate))
+        device = next(mimi.parameters()).device
+        with torch.no_grad():
+            wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)[None, None]
+            return mimi.encode(wav)[0].long().cpu()
+
+    def codes(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.cache / f"{record.id}.{self.fingerprint()}.npz" if self.cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as stored:
+                return torch.from_numpy(stored["assistant"]), torch.from_numpy(stored["user"])
+        assistant = self.encode(record.assistant, record.sample_rate)
+        user = self.encode(record.user, record.sample_rate)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp.npz")
+            np.savez(temporary, assistant=assistant.numpy(), user=user.numpy())
+            temporary.replace(path)
+        return assistant, user
+
+    def frames(
+        self, record: Record, *, augment: OracleAugment | None = None, rng: random.Random | None = None
+    ) -> FrameStreams:
+        meta = record.meta
+        count = num_frames(len(record.user), record.sample_rate)
+        text = text_stream(meta["assistant_words"], count, self.tokenizer)
+        user_text = text_stream(meta["user_words"], count, self.tokenizer)
+        oracle = oracle_stream(
+            meta["oracles"], count, self.tokenizer, self.start_token, augment=augment, rng=rng
+        )
+        assistant_codes = user_codes = None
+        if self.mimi is not None:
+            assistant_codes, user_codes = self.codes(record)
+            if assistant_codes.shape[-1] != count:
+                raise ValueError(
+                    f"record {record.id}: Mimi gave {assistant_codes.shape[-1]} frames for {count} frames of "
+                    "audio; is the front-end's Mimi at 12.5 Hz and 24 kHz?"
+                )
+        return FrameStreams(
+            record.id,
+            torch.tensor(text, dtype=torch.long),
+            torch.tensor(user_text, dtype=torch.long),
+            torch.tensor(oracle, dtype=torch.long),
+            assistant_codes,
+            user_codes,
+            meta,
+        )
+
+    def iterate(self, folder: str | Path, **kwargs: Any) -> Iterator[FrameStreams]:
+        """Frame streams of every record of a dataset folder, streamed shard by shard."""
+        for record in read_records(folder):
+            yield self.frames(record, **kwargs)
