@@ -12,6 +12,8 @@ on a machine as loaded as this one; ``--realtime`` measures them exactly.
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 import time
 from dataclasses import dataclass
 
@@ -25,13 +27,21 @@ from kame.runtime.timeline import Event
 
 
 class SimulationClock:
-    """Wall time, minus the front-end's compute, plus the idle gaps skipped over."""
+    """Wall time, minus the front-end's compute, plus the idle gaps skipped over; never goes back.
+
+    Back-end threads keep recording while the front-end computes; once that compute is excluded, the
+    clock stands still until wall time has caught up, so every event's time still follows the last.
+    """
 
     def __init__(self) -> None:
         self._offset = 0.0
+        self._last = -math.inf
+        self._lock = threading.Lock()
 
     def __call__(self) -> float:
-        return time.perf_counter() + self._offset
+        with self._lock:
+            self._last = max(self._last, time.perf_counter() + self._offset)
+            return self._last
 
     def exclude(self, seconds: float) -> None:
         """``seconds`` of wall time just spent do not count."""

@@ -1,0 +1,147 @@
+"""The tandem runtime: sessions, the frame clock and offline simulation, on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kame.audio.io import resample
+from kame.audio.tts import create_tts
+from kame.frontend.checkpoint import load_frontend
+from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.runtime.backend import Backend, BackendSpec
+from kame.runtime.scheduler import FrameStepper
+from kame.runtime.session import Session, SessionConfig
+from kame.runtime.simulate import SimulationConfig, simulate
+from kame.runtime.words import AssistantWords
+
+
+@pytest.fixture(scope="module")
+def spoken_question() -> np.ndarray:
+    speech = create_tts("piper").synthesize("What is the capital of France?")
+    return resample(speech.audio, speech.sample_rate, 24000)
+
+
+class Pieces:
+    def __init__(self, pieces: dict[int, str]) -> None:
+        self.pieces = pieces
+
+    def id_to_piece(self, token: int) -> str:
+        return self.pieces[token]
+
+
+def test_assistant_words_are_whole_words():
+    words = AssistantWords(
+        Pieces({10: "\u2581The", 11: "\u2581cap", 12: "ital", 13: "\u2581is", 14: "."}), (0, 3), 100
+    )
+    out = [words.feed(t) for t in (10, 3, 11, 12, 13, 14, 0)]
+    assert [piece for piece, _ in out] == [" The", None, " cap", "ital", " is", ".", None]
+    assert [w for _, done in out for w in done] == ["The", "capital", "is."]
+    assert words.feed(None) == (None, [])
+
+
+def test_input_buffer_underruns_and_bounded_backlog(tiny_checkpoint):
+    async def scenario():
+        with FrontendEngine(load_frontend(tiny_checkpoint), 1) as engine:
+            session = Session("s", FrameStepper(engine), None, config=SessionConfig(max_backlog_s=0.2))
+            await session.start()
+            silent = session.take_frame()  # nothing heard yet: silence, not an underrun
+            session.push_audio(np.ones(FRAME_SIZE // 2, np.float32), 24000)
+            partial = session.take_frame()  # half a frame is not a frame
+            session.push_audio(np.full(24000, 0.5, np.float32), 24000)  # 1 s at once: over the 0.2 s bound
+            frame = session.take_frame()
+            session.push_audio(np.zeros(100, np.float32), 48000)  # any rate: resampled
+            await session.close()
+            return silent, partial, frame, session.metrics
+
+    silent, partial, frame, metrics = asyncio.run(scenario())
+    assert not silent.any() and not partial.any()
+    assert metrics.input_underruns == 1
+    assert metrics.input_dropped_s > 0.5  # old audio dropped to keep latency bounded
+    assert frame.shape == (FRAME_SIZE,) and np.allclose(frame, 0.5)
+
+
+def test_frame_clock_counts_deadline_misses(tiny_checkpoint):
+    async def scenario():
+        with FrontendEngine(load_frontend(tiny_checkpoint), 2) as engine:
+            stepper = FrameStepper(engine, frame_s=0.0005)  # no step can meet a 0.5 ms deadline
+            stepper.start()
+            session = Session("s", stepper, None)
+            await session.start()
+            await asyncio.sleep(0.5)
+            await session.close()
+            stepper.stop()
+            return stepper.stats, session.metrics
+
+    stats, metrics = asyncio.run(scenario())
+    assert stats.steps > 3 and stats.late_steps == stats.steps
+    assert metrics.frames > 3 and metrics.deadline_misses == metrics.frames
+
+
+def test_simulation_runs_the_whole_tandem_system(tiny_checkpoint, spoken_question, tmp_path):
+    async def scenario():
+        backend = Backend.from_spec(BackendSpec())
+        await backend.load()
+        try:
+            with FrontendEngine(load_frontend(tiny_checkpoint), 1) as engine:
+                return await simulate(
+                    engine, backend, spoken_question, SimulationConfig(max_reply_s=5.0),
+                    timeline_path=str(tmp_path / "timeline.jsonl"),
+                )  # fmt: skip
+        finally:
+            await backend.aclose()
+
+    result = asyncio.run(scenario())
+    assert len(result.audio) == result.frames * FRAME_SIZE == len(result.user_audio)
+    assert result.frames >= len(spoken_question) / FRAME_SIZE + 3.0 / 0.08 - 1  # the reply's minimum time
+    types = [e["type"] for e in result.events]
+    for kind in (
+        "session_start",
+        "partial",
+        "final",
+        "llm_request",
+        "llm_first_token",
+        "oracle_reset",
+        "oracle_applied",
+    ):
+        assert kind in types, kind
+    assert types[-1] == "session_end"
+    times = [e["t"] for e in result.events]
+    assert times == sorted(times)  # one clock for every event
+    final = next(e for e in result.events if e["type"] == "final")
+    assert "capital" in final["text"].lower() and "france" in final["text"].lower()
+    applied = [e for e in result.events if e["type"] == "oracle_applied"]
+    assert all(a["frame"] <= b["frame"] for a, b in zip(applied, applied[1:], strict=False))
+    assert result.words()  # the assistant's words were recorded
+    on_disk = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in on_disk] == types
+
+
+def test_simulate_cli(tiny_checkpoint, spoken_question, tmp_path):
+    import soundfile as sf
+
+    question = tmp_path / "q.wav"
+    sf.write(str(question), resample(spoken_question, 24000, 16000), 16000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "kame", "simulate", str(question), "--frontend", tiny_checkpoint,
+         "--no-backend", "--output", str(tmp_path / "a.wav"), "--timeline", str(tmp_path / "t.jsonl"),
+         "--stereo", str(tmp_path / "both.wav"), "--max-reply", "2", "--greedy"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert time.time() - started < 60
+    audio, rate = sf.read(str(tmp_path / "a.wav"))
+    both, _ = sf.read(str(tmp_path / "both.wav"))
+    assert rate == 24000 and both.shape == (len(audio), 2)
+    assert "frames:" in proc.stdout
+    events = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert events[0]["type"] == "session_start" and events[-1]["type"] == "session_end"
