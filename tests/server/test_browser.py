@@ -1,0 +1,381 @@
+"""The web client in a real browser: Debian's chromium, headless, talking to a real ``kame serve``.
+
+The fake microphone plays real speech (espeak-ng) on a loop; the test holds the space bar for one loop
+and checks that the user's transcript, an oracle and the reply audio (decoded and played by the page)
+arrive, and that nothing leaks through while the talk button is up. The page's Ogg muxer/demuxer and
+resampler are also checked against sphn (what the server uses) inside the same browser.
+
+Set ``KAME_SCREENSHOT=docs/web-client.png`` to keep the mid-conversation screenshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+import sphn
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SENTENCE = "What is the capital of France?"
+CONTENT_WORDS = ("capital", "france", "paris")  # a word cut by the talk gate still leaves another
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
+if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    pytest.skip("needs Debian's chromium and chromium-driver (scripts/setup.sh)", allow_module_level=True)
+
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
+    """``kame serve`` with the tiny checkpoint and the default embedded back-end (Whisper + SmolLM2)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
+    command = [
+        sys.executable, "-m", "kame", "serve", "--frontend", tiny_checkpoint,
+        "--max-sessions", "2", "--port", str(port), "--seed", "0",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"kame serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if _health(url)["status"] == "ok":
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"kame serve did not answer /healthz in 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> tuple[str, float]:
+    """Real speech for the fake microphone: the sentence, then 1 s of silence (chromium loops it)."""
+    folder = tmp_path_factory.mktemp("speech")
+    raw = folder / "raw.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SENTENCE], check=True)
+    audio, rate = sf.read(raw, dtype="float32")
+    audio = np.concatenate([audio, np.zeros(rate, np.float32)])
+    path = folder / "question.wav"
+    sf.write(path, audio, rate, subtype="PCM_16")
+    return str(path), len(audio) / rate
+
+
+@contextlib.contextmanager
+def chromium(*, fake_audio: str | None = None, hide: tuple[str, ...] = ()) -> Iterator[Any]:
+    """Headless chromium through Debian's chromedriver; ``hide`` deletes globals before any page script."""
+    profile = tempfile.mkdtemp(prefix="kame-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1440,1100",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    if fake_audio:
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_audio}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        # Screenshots at the CSS size the layout is designed for, whatever the window decorations take.
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1440, "height": 960, "deviceScaleFactor": 1, "mobile": False},
+        )
+        if hide:
+            source = "".join(f"delete window.{name};" for name in hide)
+            driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One plain chromium for the tests that need no fake microphone."""
+    with chromium() as driver:
+        yield driver
+
+
+def open_page(driver: Any, url: str) -> None:
+    driver.get(f"{url}/")
+    ready = "return Boolean(window.kame && window.kame.ready)"
+    wait_for(driver, lambda: driver.execute_script(ready), 15, "the page to load")
+
+
+def snapshot(driver: Any) -> dict[str, Any]:
+    return driver.execute_script("return window.kame.snapshot()")
+
+
+def console(driver: Any) -> str:
+    return "\n".join(str(entry.get("message")) for entry in driver.get_log("browser"))
+
+
+def wait_for(driver: Any, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            state = driver.execute_script("return window.kame ? window.kame.snapshot() : null")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; page state: {state}")
+        time.sleep(0.2)
+
+
+def _run_module(driver: Any, body: str, *args: Any) -> Any:
+    """Run ``body`` (async JS with ``ogg``, ``resampler`` and ``args`` in scope) in the page."""
+    script = f"""
+        const done = arguments[arguments.length - 1];
+        const args = Array.from(arguments).slice(0, -1);
+        (async () => {{
+          const ogg = await import('/static/ogg.js');
+          const resampler = await import('/static/resampler.js');
+          const b64 = {{
+            decode: (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0)),
+            encode: (bytes) => btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join('')),
+          }};
+          {body}
+        }})().then(done, (err) => done({{error: String(err && err.stack || err)}}));
+    """
+    result = driver.execute_async_script(script, *args)
+    if isinstance(result, dict) and "error" in result:
+        raise AssertionError(f"page script failed: {result['error']}")
+    return result
+
+
+def test_ogg_framing_and_resampler_agree_with_sphn(server, browser):
+    """The page's Ogg demuxer reads sphn's pages, its muxer writes pages sphn decodes identically."""
+    t = np.arange(24000) / 24000
+    pcm = (0.4 * np.sin(2 * np.pi * (200 + 1800 * t) * t)).astype(np.float32)  # a 1 s chirp
+    writer = sphn.OpusStreamWriter(24000)
+    ogg = b"".join(writer.append_pcm(pcm[i : i + 1920]) for i in range(0, len(pcm), 1920))
+    reference = sphn.OpusStreamReader(24000).append_bytes(ogg)
+    audio_pages = ogg.count(b"OggS") - 2  # sphn writes one packet per page after OpusHead and OpusTags
+
+    open_page(browser, server)
+    result = _run_module(
+        browser,
+        """
+        const bytes = b64.decode(args[0]);
+        const demux = new ogg.OggOpusDemuxer();
+        const packets = [];
+        for (let i = 0; i < bytes.length; i += 37) packets.push(...demux.push(bytes.subarray(i, i + 37)));
+        const muxer = new ogg.OggOpusMuxer({ serial: 7, inputSampleRate: 24000 });
+        const remuxed = ogg.concatBytes(packets.map((p) => muxer.push(p.packet)));
+        const again = new ogg.OggOpusDemuxer().push(remuxed);
+        const hex = (p) => Array.from(p.packet, (b) => b.toString(16).padStart(2, '0')).join('');
+        const same = again.length === packets.length && again.every((p, i) => hex(p) === hex(packets[i]));
+        const corrupted = bytes.slice();
+        const text = Array.from(corrupted, (b) => String.fromCharCode(b)).join('');
+        let at = -1;
+        for (let page = 0; page < 5; page++) at = text.indexOf('OggS', at + 1);
+        corrupted[at + 40] ^= 0xff;  // a byte inside the 5th page
+        const bad = new ogg.OggOpusDemuxer();
+        const badPackets = bad.push(corrupted);
+        return {
+          packets: packets.length, head: demux.head, crcErrors: demux.crcErrors,
+          samples48k: packets.reduce((n, p) => n + ogg.opusPacketSamples(p.packet), 0),
+          lastGranule: packets[packets.length - 1].granule, remuxed: b64.encode(remuxed), same,
+          corruptedCrcErrors: bad.crcErrors, corruptedPackets: badPackets.length,
+        };
+        """,
+        base64.b64encode(ogg).decode(),
+    )
+    assert result["crcErrors"] == 0
+    assert result["packets"] == audio_pages
+    assert result["head"]["channels"] == 1
+    assert result["samples48k"] == result["lastGranule"] == 2 * len(pcm)  # TOC parsing matches granules
+    assert result["same"], "the page's demuxer does not read back its own muxer's pages"
+    assert result["corruptedCrcErrors"] == 1 and result["corruptedPackets"] == audio_pages - 1
+    remuxed = base64.b64decode(result["remuxed"])
+    decoded = sphn.OpusStreamReader(24000).append_bytes(remuxed)
+    np.testing.assert_array_equal(decoded, reference)
+
+    out = _run_module(
+        browser,
+        """
+        const run = (from, to, hz, block) => {
+          const r = new resampler.Resampler(from, to);
+          const w = 2 * Math.PI * hz / from;
+          const input = Float32Array.from({ length: from }, (_, i) => 0.5 * Math.sin(w * i));
+          const parts = [];
+          for (let i = 0; i < from; i += block) parts.push(...r.process(input.subarray(i, i + block)));
+          return parts;
+        };
+        return {
+          down1k: run(44100, 24000, 1000, 882), down1kOneShot: run(44100, 24000, 1000, 44100),
+          down15k: run(44100, 24000, 15000, 882), up1k: run(48000, 44100, 1000, 960),
+        };
+        """,
+    )
+    down = np.array(out["down1k"])
+    np.testing.assert_allclose(down, np.array(out["down1kOneShot"]), atol=1e-6)  # block size does not matter
+    assert abs(len(down) - 24000) <= 40
+    steady = down[200:-200]
+    assert abs(np.sqrt(2 * np.mean(steady**2)) - 0.5) < 0.005
+    spectrum = np.abs(np.fft.rfft(steady * np.hanning(len(steady))))
+    assert abs(np.argmax(spectrum) * 24000 / len(steady) - 1000) < 3
+    aliased = np.array(out["down15k"])[200:-200]  # above the new Nyquist frequency: filtered, not folded
+    assert np.sqrt(np.mean(aliased**2)) < 0.5 / 100
+    up = np.array(out["up1k"])[200:-200]
+    assert abs(np.sqrt(2 * np.mean(up**2)) - 0.5) < 0.005
+
+
+def test_conversation_in_the_browser(server, speech_wav, tmp_path):
+    """Press to talk with a fake microphone: transcript, oracle and reply audio reach the page."""
+    wav, period = speech_wav
+    started = time.monotonic()
+    with chromium(fake_audio=wav) as driver:
+        open_page(driver, server)
+        assert driver.execute_script("return window.kame.missing") is None, console(driver)
+        driver.find_element(By.ID, "connect").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "live", 30, "the session to go live")
+        session = snapshot(driver)["session"]
+        assert session, "no session event"
+
+        # The fake microphone is playing speech, but the talk button is up: only silence may go out.
+        time.sleep(period + 0.5)
+        before = snapshot(driver)
+        assert before["stats"]["sentPackets"] > 50, before["stats"]
+        assert not before["finals"] and not before["partial"], f"speech leaked through the gate: {before}"
+
+        # Hold the space bar for one loop of the recording: every word passes the gate once.
+        ActionChains(driver).key_down(Keys.SPACE).perform()
+        wait_for(driver, lambda: snapshot(driver)["talking"], 2, "the space bar to open the microphone")
+        assert driver.find_element(By.ID, "talk").get_attribute("aria-pressed") == "true"
+        time.sleep(period + 0.3)
+        ActionChains(driver).key_up(Keys.SPACE).perform()
+        assert not snapshot(driver)["talking"]
+
+        def heard() -> bool:
+            s = snapshot(driver)
+            text = " ".join([*s["finals"], s["partial"]]).lower()
+            return any(word in text for word in CONTENT_WORDS)
+
+        wait_for(driver, heard, 30, f"the transcript of {SENTENCE!r}")
+        oracle = wait_for(
+            driver,
+            lambda: next((o for o in snapshot(driver)["oracles"] if o["text"].strip()), None),
+            40,
+            "an oracle with text",
+        )
+        keep = os.environ.get("KAME_SCREENSHOT")
+        if keep:
+            time.sleep(1.5)  # let the oracle stream a little more for the picture
+        shot = tmp_path / "web-client.png"
+        driver.save_screenshot(str(shot))
+        if keep:
+            shutil.copyfile(shot, keep)
+
+        s = snapshot(driver)
+        stats = s["stats"]
+        # The reply audio went all the way: Ogg pages -> Opus packets -> decoded -> played by the worklet.
+        rate = stats["sampleRate"]
+        assert stats["crcErrors"] == 0
+        assert stats["receivedPackets"] > 0
+        assert stats["decodedSamples"] > 2 * rate, stats
+        assert stats["playedSamples"] > 2 * rate, stats
+        assert stats["replyPeak"] > 0.01, "the reply audio is all silence"
+        assert s["events"].get("metrics", 0) >= 1 and s["metrics"]["frames"] > 0
+        assert s["events"].get("oracle_reset", 0) >= 1
+        shown, latest = driver.execute_script(  # read together: the oracle may still be streaming
+            "const o = window.kame.snapshot().oracles;"
+            "return [document.getElementById('oracle-text').textContent, o[o.length - 1].text];"
+        )
+        assert shown.strip() == latest.strip()
+        assert s["words"], "no assistant words"  # the random tiny model babbles from the first frames
+        text_of = "return document.getElementById(arguments[0]).textContent"
+        assert s["words"][-1] in driver.execute_script(text_of, "assistant")
+        transcript_panel = driver.execute_script(text_of, "user-scroll").lower()
+        assert any(word in transcript_panel for word in CONTENT_WORDS), transcript_panel
+
+        driver.find_element(By.ID, "hangup").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "closed", 5, "the page to hang up")
+    deadline = time.monotonic() + 10
+    while _health(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(server)["sessions"] == 0, "the session outlived the page's hang-up"
+    print(f"browser conversation took {time.monotonic() - started:.1f} s; oracle: {oracle['text']!r}")
+
+
+def test_full_server_is_explained(server, browser):
+    """With every session taken, the refused WebSocket (HTTP 503) is shown as a full server."""
+    from websockets.sync.client import connect
+
+    deadline = time.monotonic() + 10
+    while _health(server)["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ws_url = server.replace("http://", "ws://") + "/api/chat"
+    with contextlib.ExitStack() as held:
+        for _ in range(2):
+            # Unbounded receive queue: a client that never reads would otherwise stall the close handshake.
+            ws = held.enter_context(connect(ws_url, open_timeout=20, max_queue=None))
+            assert ws.recv(timeout=20) == b"\x00"  # the handshake: this client holds a slot
+        driver = browser
+        open_page(driver, server)
+        driver.find_element(By.ID, "connect").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "full", 20, "the full-server message")
+        banner = driver.find_element(By.ID, "banner")
+        assert banner.is_displayed()
+        assert "full" in banner.text.lower() and "503" in banner.text, banner.text
+        assert driver.find_element(By.ID, "connect").is_displayed()  # a way to try again
+        assert driver.find_element(By.ID, "talk").get_attribute("disabled") is not None
+
+
+def test_missing_webcodecs_is_explained(server):
+    """A browser without WebCodecs gets told which features are missing, and cannot start."""
+    with chromium(hide=("AudioEncoder", "AudioDecoder")) as driver:
+        open_page(driver, server)
+        missing = driver.execute_script("return window.kame.missing")
+        assert any("AudioEncoder" in m for m in missing) and any("AudioDecoder" in m for m in missing)
+        banner = driver.find_element(By.ID, "banner")
+        assert banner.is_displayed() and "AudioEncoder" in banner.text, banner.text
+        assert not driver.find_element(By.ID, "connect").is_enabled()
