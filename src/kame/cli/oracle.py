@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="decide every POLL seconds (released: 0.5) instead of per transcript",
     )
     parser.add_argument(
+        "--first-token-grace",
+        type=float,
+        default=2.0,
+        help="seconds an answer waiting for its first token is safe from new words (0: the released policy)",
+    )
+    parser.add_argument(
         "--system-prompt", default=None, help="a text file replacing the default system prompt"
     )
     parser.add_argument("--prompt-format", choices=("chat", "transcript"), default="chat")
@@ -88,7 +94,9 @@ async def run_oracle(args: argparse.Namespace, out: TextIO | None = None) -> int
     audio = load_audio(args.input, 16000)
     audio = np.concatenate([audio, np.zeros(int(max(0.0, args.tail) * 16000), np.float32)])
     config = OracleConfig(
-        policy=OraclePolicy(mode=args.mode, poll_interval_s=args.poll),
+        policy=OraclePolicy(
+            mode=args.mode, poll_interval_s=args.poll, first_token_grace_s=args.first_token_grace
+        ),
         system_prompt_file=args.system_prompt,
         prompt_format=args.prompt_format,
         max_words=args.max_words,
