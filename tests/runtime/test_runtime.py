@@ -47,6 +47,14 @@ def test_assistant_words_are_whole_words():
     assert words.feed(None) == (None, [])
 
 
+def test_byte_pieces_are_decoded_as_utf8():
+    table = {20: "\u2581caf", 21: "<0xC3>", 22: "<0xA9>", 23: "<0xFF>", 24: "\u2581ok", 25: "<0x11>"}
+    words = AssistantWords(Pieces(table), (3,), 100)
+    out = [words.feed(t) for t in (20, 21, 22, 23, 25, 24, 3)]
+    assert [piece for piece, _ in out] == [" caf", None, "é", None, None, " ok", None]
+    assert [w for _, done in out for w in done] == ["café", "ok"]
+
+
 def test_input_buffer_underruns_and_bounded_backlog(tiny_checkpoint):
     async def scenario():
         with FrontendEngine(load_frontend(tiny_checkpoint), 1) as engine:

@@ -96,20 +96,20 @@ async def talk(
     writer = sphn.OpusStreamWriter(24000)
     silence = np.zeros(FRAME, np.float32)
     frames = [pcm[i : i + FRAME] for i in range(0, len(pcm) - FRAME + 1, FRAME)]
-    async with aiohttp.ClientSession() as client:
-        async with client.ws_connect(f"{url}/api/chat" + ("?events=1" if events else "")) as ws:
-            receiver = asyncio.create_task(_receive(ws, got))
-            lingered = 0.0
-            while frames or (lingered < linger and not (until and until(got))):
-                ogg = writer.append_pcm(frames.pop(0) if frames else silence)
-                if ogg:
-                    await ws.send_bytes(protocol.audio_message(ogg))
-                await asyncio.sleep(pace)
-                if not frames:
-                    lingered += pace
-            await ws.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(receiver, 5)
+    endpoint = f"{url}/api/chat" + ("?events=1" if events else "")
+    async with aiohttp.ClientSession() as client, client.ws_connect(endpoint) as ws:
+        receiver = asyncio.create_task(_receive(ws, got))
+        lingered = 0.0
+        while frames or (lingered < linger and not (until and until(got))):
+            ogg = writer.append_pcm(frames.pop(0) if frames else silence)
+            if ogg:
+                await ws.send_bytes(protocol.audio_message(ogg))
+            await asyncio.sleep(pace)
+            if not frames:
+                lingered += pace
+        await ws.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(receiver, 5)
     return got
 
 
