@@ -1,8 +1,8 @@
 """Speech made on the spot for the back-end tests and benchmark: Piper (joe) and espeak-ng, with word times.
 
-Uses ``kame.audio.tts`` when it provides ``create_tts`` (word times from the engine); until then, the
-``piper`` package and the ``espeak-ng`` command directly, with word times from PocketSphinx forced
-alignment of the known text (its en-us model ships in the wheel).
+Uses ``kame.audio.tts`` (``create_tts``: word times from the engine). Where that is unavailable it falls
+back to the ``piper`` package and the ``espeak-ng`` command directly, with word times from PocketSphinx
+forced alignment of the known text (its en-us model ships in the wheel).
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ class Utterance:
         return self.audio.size / self.sample_rate
 
 
+@functools.cache
 def _kame_tts(engine: str):  # type: ignore[no-untyped-def]
-    """``kame.audio.tts.create_tts`` once the TTS modules have landed, else None."""
+    """``kame.audio.tts.create_tts`` once the TTS modules have landed, else None (loaded once)."""
     try:
         from kame.audio.tts import create_tts  # type: ignore[attr-defined]
     except ImportError:
