@@ -34,6 +34,7 @@ from kame.audio.io import load_audio
 from kame.frontend.checkpoint import load_frontend
 from kame.frontend.engine import FRAME_SIZE, FrontendEngine
 from kame.runtime.backend import Backend, BackendSpec
+from kame.runtime.scheduler import FrameStepper, FrontendProcessSpec, ProcessStepper, warm_up
 from kame.server import protocol
 from kame.server.app import KameServer, ServerConfig
 
@@ -152,14 +153,22 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
 async def main_async(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    frontend = load_frontend(args.frontend, device=args.device)
-    engine = FrontendEngine(frontend, max_sessions=args.max_sessions or max(args.clients))
+    slots = args.max_sessions or max(args.clients)
+    if args.frame_clock == "process":
+        stepper = ProcessStepper(
+            FrontendProcessSpec(
+                frontend=args.frontend, device=args.device, max_sessions=slots, warm_up_frames=20
+            )
+        )
+    else:
+        engine = FrontendEngine(load_frontend(args.frontend, device=args.device), max_sessions=slots)
+        warm_up(engine, 20)
+        stepper = FrameStepper(engine)
     backend = None if args.backend == "none" else Backend.from_spec(BackendSpec(stt=args.stt, llm=args.llm))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = KameServer(engine, backend, ServerConfig(port=port, idle_timeout_s=30))
-    server.warm_up(frames=20)
+    server = KameServer(stepper, backend, ServerConfig(port=port, idle_timeout_s=30))
     runner = web.AppRunner(server.app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -173,7 +182,6 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             await asyncio.sleep(1.0)
     finally:
         await runner.cleanup()
-        engine.close()
     return rows
 
 
@@ -184,6 +192,7 @@ def main() -> None:
     parser.add_argument("--frontend", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", choices=["embedded", "none"], default="embedded")
+    parser.add_argument("--frame-clock", choices=["process", "thread"], default="process")
     parser.add_argument("--stt", default="whisper")
     parser.add_argument("--llm", default="local")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 3])
@@ -196,7 +205,12 @@ def main() -> None:
     if args.client_mode:
         print(json.dumps(asyncio.run(run_clients(args.client_mode, args.clients[0], args.seconds))))
         return
-    info = {"frontend": args.frontend, "device": args.device, "backend": args.backend}
+    info = {
+        "frontend": args.frontend,
+        "device": args.device,
+        "backend": args.backend,
+        "clock": args.frame_clock,
+    }
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
     print(json.dumps(info), flush=True)

@@ -17,8 +17,8 @@ from kame.audio.tts import create_tts
 from kame.frontend.checkpoint import load_frontend
 from kame.frontend.engine import FRAME_SIZE, FrontendEngine
 from kame.runtime.backend import Backend, BackendSpec
-from kame.runtime.scheduler import FrameStepper
-from kame.runtime.session import Session, SessionConfig
+from kame.runtime.scheduler import FrameStepper, SlotState
+from kame.runtime.session import Session
 from kame.runtime.simulate import SimulationConfig, simulate
 from kame.runtime.words import AssistantWords
 
@@ -55,25 +55,36 @@ def test_byte_pieces_are_decoded_as_utf8():
     assert [w for _, done in out for w in done] == ["café", "ok"]
 
 
-def test_input_buffer_underruns_and_bounded_backlog(tiny_checkpoint):
+def test_input_buffer_underruns_and_bounded_backlog():
+    state = SlotState(sink=None, words=None, max_backlog_s=0.2)  # type: ignore[arg-type]
+    silent, underrun, _ = state.take_frame()  # nothing heard yet: silence, not an underrun
+    assert not silent.any() and not underrun
+    state.push(np.ones(FRAME_SIZE // 2, np.float32))
+    partial, underrun, _ = state.take_frame()  # half a frame is not a frame
+    assert not partial.any() and underrun
+    for _ in range(10):  # 10 x 0.1 s at once: over the 0.2 s bound
+        state.push(np.full(2400, 0.5, np.float32))
+    frame, underrun, dropped = state.take_frame()
+    assert frame.shape == (FRAME_SIZE,) and np.allclose(frame, 0.5) and not underrun
+    assert 0.7 <= dropped <= 0.85  # old audio dropped to keep latency bounded
+
+
+def test_sessions_resample_user_audio_for_the_front_end(tiny_checkpoint):
     async def scenario():
         with FrontendEngine(load_frontend(tiny_checkpoint), 1) as engine:
-            session = Session("s", FrameStepper(engine), None, config=SessionConfig(max_backlog_s=0.2))
+            stepper = FrameStepper(engine)
+            session = Session("s", stepper, None)
             await session.start()
-            silent = session.take_frame()  # nothing heard yet: silence, not an underrun
-            session.push_audio(np.ones(FRAME_SIZE // 2, np.float32), 24000)
-            partial = session.take_frame()  # half a frame is not a frame
-            session.push_audio(np.full(24000, 0.5, np.float32), 24000)  # 1 s at once: over the 0.2 s bound
-            frame = session.take_frame()
-            session.push_audio(np.zeros(100, np.float32), 48000)  # any rate: resampled
+            session.push_audio(np.zeros(16000, np.float32), 16000)  # 1 s at 16 kHz
+            frames = [stepper.step_once() for _ in range(14)]
+            await asyncio.sleep(0)
             await session.close()
-            return silent, partial, frame, session.metrics
+            return frames, session
 
-    silent, partial, frame, metrics = asyncio.run(scenario())
-    assert not silent.any() and not partial.any()
-    assert metrics.input_underruns == 1
-    assert metrics.input_dropped_s > 0.5  # old audio dropped to keep latency bounded
-    assert frame.shape == (FRAME_SIZE,) and np.allclose(frame, 0.5)
+    frames, session = asyncio.run(scenario())
+    underruns = [f[0].underrun for f in frames]
+    assert underruns[:12] == [False] * 12 and underruns[-1]  # 1 s = 12.5 frames of 24 kHz audio
+    assert session.timeline.audio_t == 1.0 and session.metrics.input_underruns == 2
 
 
 def test_frame_clock_counts_deadline_misses(tiny_checkpoint):

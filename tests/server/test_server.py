@@ -21,6 +21,7 @@ from kame.audio.io import resample
 from kame.frontend.checkpoint import load_frontend
 from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend, BackendSpec
+from kame.runtime.scheduler import FrameStepper
 from kame.server import protocol
 from kame.server.app import KameServer, ServerConfig
 
@@ -39,7 +40,7 @@ async def running_server(
 ) -> AsyncIterator[KameServer]:
     engine = FrontendEngine(load_frontend(checkpoint), max_sessions=config.pop("max_sessions", 2))
     port = _free_port()
-    server = KameServer(engine, backend, ServerConfig(port=port, **config))
+    server = KameServer(FrameStepper(engine), backend, ServerConfig(port=port, **config))
     runner = web.AppRunner(server.app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -303,3 +304,39 @@ def test_metrics_and_health_endpoints(tiny_checkpoint):
     ):
         assert name in metrics
     assert health["steps"] > 5 and time.time() > 0
+
+
+def test_frame_clock_in_a_child_process(tiny_checkpoint, question):
+    """The default server set-up: the front-end lives in its own process; sessions don't notice."""
+    from kame.runtime.scheduler import FrontendProcessSpec, ProcessStepper
+
+    async def scenario():
+        stepper = ProcessStepper(FrontendProcessSpec(frontend=tiny_checkpoint, max_sessions=2))
+        port = _free_port()
+        server = KameServer(stepper, Backend.from_spec(BackendSpec()), ServerConfig(port=port))
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            a, b = await asyncio.gather(
+                talk(
+                    url,
+                    question,
+                    linger=20.0,
+                    until=lambda got: bool(got.of_type("oracle_applied", "oracle_end")),
+                ),
+                talk(url, question[: len(question) // 3]),
+            )
+            async with aiohttp.ClientSession() as http:
+                health = await (await http.get(url + "/healthz")).json()
+        finally:
+            await runner.cleanup()
+        return a, b, health, stepper
+
+    a, b, health, stepper = asyncio.run(scenario())
+    assert a.handshake and b.handshake and not a.errors and not b.errors
+    assert a.audio_samples > 24000 and b.audio_samples > 0
+    assert a.of_type("oracle_end") and a.of_type("final")
+    assert health["steps"] > 20 and health["sessions"] == 0
+    assert stepper._process is not None and not stepper._process.is_alive()  # stopped with the server

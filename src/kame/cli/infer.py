@@ -34,15 +34,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The sampling flags that were given (the others come from the checkpoint or moshi's defaults)."""
+    flags = {
+        "greedy": args.greedy or None, "temp": args.temp, "temp_text": args.temp_text, "top_k": args.top_k,
+        "top_k_text": args.top_k_text,
+    }  # fmt: skip
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def sampling_from_args(args: argparse.Namespace, frontend=None):
     """Sampling: moshi's defaults, then the checkpoint's ``lm_gen_config``, then the flags."""
     from kame.frontend.generator import SamplingConfig
 
     return SamplingConfig.merged(
-        frontend.lm_gen_config if frontend is not None else {},
-        greedy=args.greedy or None, temp=args.temp, temp_text=args.temp_text, top_k=args.top_k,
-        top_k_text=args.top_k_text,
-    )  # fmt: skip
+        frontend.lm_gen_config if frontend is not None else {}, **sampling_overrides(args)
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -48,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--queue-size", type=int, default=8)
     parser.add_argument("--idle-timeout", type=float, default=15.0, help="seconds without a client message")
     parser.add_argument("--timeline-dir", default=None, help="write each session's timeline (JSONL) here")
+    parser.add_argument(
+        "--frame-clock", choices=["process", "thread"], default="process",
+        help="step the front-end in a child process (default; its own interpreter lock) or a thread",
+    )  # fmt: skip
     parser.set_defaults(func=_run)
 
 
@@ -55,28 +59,45 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from aiohttp import web
 
-    from kame.cli.infer import sampling_from_args
-    from kame.frontend.checkpoint import load_frontend
-    from kame.frontend.engine import FrontendEngine
     from kame.server.app import KameServer, ServerConfig
 
     torch.set_grad_enabled(False)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     config = ServerConfig(
         host=args.host, port=args.port, when_full=args.when_full, queue_size=args.queue_size,
         idle_timeout_s=args.idle_timeout, timeline_dir=args.timeline_dir,
     )  # fmt: skip
-    frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
-    engine = FrontendEngine(
-        frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args, frontend)
-    )
-    server = KameServer(engine, backend_from_args(args), config)
-    logger.info("warming up the front-end (%d slots on %s)", args.max_sessions, engine.device)
-    server.warm_up()
+    server = KameServer(make_stepper(args), backend_from_args(args), config)
     print(
         f"kame: serving on http://{args.host}:{args.port}/ (WebSocket /api/chat, /healthz, /metrics)",
         flush=True,
     )
     web.run_app(server.app(), host=args.host, port=args.port, print=None)
     return 0
+
+
+def make_stepper(args: argparse.Namespace):
+    """The frame clock: in a child process that loads the front-end itself, or on a thread here."""
+    from kame.cli.infer import sampling_from_args, sampling_overrides
+    from kame.runtime.scheduler import FrameStepper, FrontendProcessSpec, ProcessStepper, warm_up
+
+    if args.frame_clock == "process":
+        spec = FrontendProcessSpec(
+            frontend=str(args.frontend), device=args.device, lora=args.lora, max_sessions=args.max_sessions,
+            sampling=sampling_overrides(args), seed=args.seed,
+        )  # fmt: skip
+        logger.info("front-end: %d slots on %s, in a child process", args.max_sessions, args.device)
+        return ProcessStepper(spec)
+    import torch
+
+    from kame.frontend.checkpoint import load_frontend
+    from kame.frontend.engine import FrontendEngine
+
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
+    engine = FrontendEngine(
+        frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args, frontend)
+    )
+    logger.info("warming up the front-end (%d slots on %s)", args.max_sessions, engine.device)
+    warm_up(engine)
+    return FrameStepper(engine)

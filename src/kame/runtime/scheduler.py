@@ -1,16 +1,23 @@
-"""The frame clock: one thread steps every active session of the front-end together every 80 ms.
+"""The frame clock: every active session of the front-end is stepped together every 80 ms.
 
-Model compute (Mimi encode -> LM step -> Mimi decode for the whole batch) happens only here, on the
-stepper's own thread, so the asyncio side (WebSockets, STT, LLM streams) never waits on it. Everything
-that changes the front-end (a session joining or leaving, an oracle operation) is submitted as an
-operation and applied at the next frame boundary, in order. The same stepper serves offline simulation
-in "manual" mode, where the caller steps it frame by frame on a virtual clock.
+``FrameClock`` is the core: it owns a ``FrontendEngine`` and one ``SlotState`` per session (the user
+audio waiting for the clock, the assistant's words being assembled, oracle operations applied), applies
+operations at frame boundaries and steps the batch (Mimi encode -> LM step -> Mimi decode). Two ways
+to run it, with the same interface for sessions:
+
+- ``FrameStepper`` runs it on a thread of this process (or by hand, ``step_once``, for offline
+  simulation on a virtual clock);
+- ``ProcessStepper`` runs it in a child process, so that the step's many short torch calls never wait
+  for this process's interpreter lock, busy with WebSockets, Opus and the back-end. Audio and
+  operations go down a pipe; each frame's results come back in one message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import multiprocessing
 import os
 import queue
 import sys
@@ -19,28 +26,55 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from kame.frontend.engine import FRAME_SIZE, FrameOutput, FrontendEngine
+from kame.backend.oracle_events import OracleEvent
+from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.frontend.generator import SamplingConfig, StepResult
+from kame.runtime.words import AssistantWords
 
 logger = logging.getLogger(__name__)
 
 FRAME_S = FRAME_SIZE / 24000  # 0.08 s
+SAMPLE_RATE = 24000
 
 
-class SteppedSession(Protocol):
-    """What the stepper needs of a session (called on the stepper's thread)."""
+@dataclass(frozen=True)
+class AppliedOracle:
+    """An oracle operation as the front-end applied it, right before a frame."""
 
-    def take_frame(self) -> np.ndarray: ...
+    kind: str
+    stream_id: int
+    emitted_t: float  # session time at which the back-end emitted it
+    frame: int  # the step that first saw it
+    late_tokens: int
 
-    def deliver(self, output: FrameOutput, step_s: float, late: bool) -> None: ...
+
+@dataclass
+class SlotFrame:
+    """One session's step, as delivered to it (picklable: it crosses the process boundary)."""
+
+    slot: int
+    result: StepResult
+    pcm: np.ndarray  # the assistant's 80 ms at 24 kHz
+    piece: str | None  # the text it added to the inner monologue (Moshi's 0x02 message)
+    words: list[str]  # words completed by this step
+    underrun: bool  # no user audio had arrived: stepped on silence
+    dropped_s: float  # user audio dropped before this step to keep latency bounded
+    applied: list[AppliedOracle]
+
+
+class SessionSink(Protocol):
+    """What the frame clock delivers to (called on the clock's thread, or a receiver thread)."""
+
+    def deliver(self, frame: SlotFrame, step_s: float, late: bool) -> None: ...
 
 
 @dataclass
 class StepStats:
-    """Process-wide frame-clock figures, read by the metrics endpoint."""
+    """Frame-clock figures for the whole process, read by the metrics endpoint."""
 
     steps: int = 0
     frames: int = 0  # session-frames stepped
@@ -50,80 +84,125 @@ class StepStats:
     step_s: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     errors: int = 0
 
+    def add(self, step_s: float, frames: int, late: bool) -> None:
+        self.steps += 1
+        self.frames += frames
+        self.step_s.append(step_s)
+        if late:
+            self.late_steps += 1
+            self.late_frames += frames
+
     def percentile_ms(self, q: float) -> float:
         values = list(self.step_s)
         return float(np.percentile(values, q) * 1e3) if values else 0.0
 
 
-class FrameStepper:
-    """Owns a ``FrontendEngine``; ``step_once`` is the only place the models run."""
+class SlotState:
+    """One session inside the frame clock."""
 
-    def __init__(
-        self, engine: FrontendEngine, *, frame_s: float = FRAME_S, max_lag_s: float = 1.0, nice: int = -10
-    ) -> None:
+    def __init__(self, sink: SessionSink, words: AssistantWords, max_backlog_s: float) -> None:
+        self.sink = sink
+        self.words = words
+        self._lock = threading.Lock()
+        self._input: deque[np.ndarray] = deque()
+        self._samples = 0
+        self._limit = int(max_backlog_s * SAMPLE_RATE) + FRAME_SIZE
+        self._heard = False
+        self._dropped = 0
+        self.applied: list[AppliedOracle] = []
+
+    def push(self, pcm: np.ndarray) -> None:
+        """User audio at 24 kHz (any thread); beyond the backlog bound the oldest audio is dropped."""
+        with self._lock:
+            self._heard = True
+            self._input.append(np.asarray(pcm, dtype=np.float32))
+            self._samples += pcm.size
+            while self._samples > self._limit and len(self._input) > 1:
+                dropped = self._input.popleft()
+                self._samples -= dropped.size
+                self._dropped += dropped.size
+
+    def take_frame(self) -> tuple[np.ndarray, bool, float]:
+        """The next 80 ms (silence on an underrun), whether it was one, and the audio dropped since."""
+        with self._lock:
+            dropped, self._dropped = self._dropped / SAMPLE_RATE, 0
+            if self._samples < FRAME_SIZE:
+                return np.zeros(FRAME_SIZE, dtype=np.float32), self._heard, dropped
+            parts, need = [], FRAME_SIZE
+            while need:
+                head = self._input[0]
+                if head.size <= need:
+                    parts.append(self._input.popleft())
+                    need -= head.size
+                else:
+                    parts.append(head[:need])
+                    self._input[0] = head[need:]
+                    need = 0
+            self._samples -= FRAME_SIZE
+        return (np.concatenate(parts) if len(parts) > 1 else parts[0]), False, dropped
+
+
+class FrameClock:
+    """The engine, its sessions and the operations waiting for the next frame boundary."""
+
+    def __init__(self, engine: FrontendEngine, *, frame_s: float = FRAME_S, max_lag_s: float = 1.0) -> None:
         self.engine = engine
-        self.nice = nice  # the frame clock's thread priority (like an audio thread); needs CAP_SYS_NICE
-        self.switch_interval_s = 0.0005
         self.frame_s = frame_s
         self.max_lag_s = max_lag_s
         self.stats = StepStats()
+        self.on_step: Callable[[float, int, bool], None] | None = None  # (step_s, sessions, late)
         self._ops: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._sessions: dict[int, SteppedSession] = {}
+        self._slots: dict[int, SlotState] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.on_step: Callable[[float, int, bool], None] | None = None  # (step_s, sessions, late)
+        lm = engine.frontend.lm
+        self._silent_ids = (lm.text_padding_token_id, lm.end_of_text_padding_id)
 
-    # -- operations (any thread) --------------------------------------------------------------------
+    # -- any thread ---------------------------------------------------------------------------------
     def submit(self, op: Callable[[], None]) -> None:
-        """Run ``op`` on the stepper's thread before the next frame."""
         self._ops.put(op)
         self._wake.set()
 
-    async def join(self, session: SteppedSession) -> int:
-        """Give ``session`` a slot at the next frame boundary; raises ``SlotsFullError`` when full."""
-        if self._thread is None:  # manual mode: nothing else is stepping
-            return self._join(session)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
+    def push_audio(self, slot: int, pcm: np.ndarray) -> None:
+        state = self._slots.get(slot)
+        if state is not None:
+            state.push(pcm)
 
-        def op() -> None:
-            try:
-                slot = self._join(session)
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting coroutine
-                loop.call_soon_threadsafe(_set_exception, done, exc)
-            else:
-                loop.call_soon_threadsafe(_set_result, done, slot)
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
 
-        self.submit(op)
-        return await done
-
-    def _join(self, session: SteppedSession) -> int:
+    # -- the clock's thread -------------------------------------------------------------------------
+    def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
         slot = self.engine.join()
-        self._sessions[slot] = session
+        words = AssistantWords(
+            self.engine.frontend.tokenizer, self._silent_ids, self.engine.frontend.lm.text_card
+        )
+        self._slots[slot] = SlotState(sink, words, max_backlog_s)
         return slot
 
     def leave(self, slot: int) -> None:
-        """Free ``slot`` at the next frame boundary (its state is wiped for the next session)."""
+        if self._slots.pop(slot, None) is not None:
+            self.engine.leave(slot)
 
-        def op() -> None:
-            if self._sessions.pop(slot, None) is not None:
-                self.engine.leave(slot)
-
-        if self._thread is None:
-            op()
+    def apply_oracle(self, slot: int, event: OracleEvent) -> None:
+        state = self._slots.get(slot)
+        if state is None:
+            return
+        gen = self.engine.generator
+        if event.kind == "reset":
+            gen.oracle_reset(slot)
+            late = gen.oracle_append_text(slot, event.text) if event.text else 0
+        elif event.kind == "append":
+            late = gen.oracle_append_text(slot, event.text)
         else:
-            self.submit(op)
+            late = gen.oracle_end(slot)
+        state.applied.append(AppliedOracle(event.kind, event.stream_id, event.t, gen.step_of(slot), late))
 
     @property
     def active(self) -> int:
-        return len(self._sessions)
+        return len(self._slots)
 
-    @property
-    def capacity(self) -> int:
-        return self.engine.max_sessions
-
-    # -- stepping (the stepper's thread) ------------------------------------------------------------
     def run_ops(self) -> None:
         while True:
             try:
@@ -134,67 +213,43 @@ class FrameStepper:
                 op()
             except Exception:  # noqa: BLE001 - one bad operation must not stop the clock
                 self.stats.errors += 1
-                logger.exception("frame stepper: an operation failed")
+                logger.exception("frame clock: an operation failed")
 
-    def step_once(self, deadline: float | None = None) -> list[FrameOutput]:
+    def step_once(self, deadline: float | None = None) -> list[SlotFrame]:
         """Apply pending operations, then step every session by one frame."""
         self.run_ops()
-        if not self._sessions:
+        if not self._slots:
             return []
-        sessions = dict(self._sessions)
-        frames = {slot: session.take_frame() for slot, session in sessions.items()}
+        slots = dict(self._slots)
+        inputs = {slot: state.take_frame() for slot, state in slots.items()}
         start = time.perf_counter()
-        outputs = self.engine.step(frames)
+        outputs = self.engine.step({slot: taken[0] for slot, taken in inputs.items()})
         end = time.perf_counter()
         step_s = end - start
         late = deadline is not None and end > deadline
-        stats = self.stats
-        stats.steps += 1
-        stats.frames += len(outputs)
-        stats.step_s.append(step_s)
-        if late:
-            stats.late_steps += 1
-            stats.late_frames += len(outputs)
+        self.stats.add(step_s, len(outputs), late)
+        frames = []
         for output in outputs:
-            session = sessions.get(output.result.slot)
-            if session is not None:
-                session.deliver(output, step_s, late)
+            slot = output.result.slot
+            state = slots[slot]
+            piece, words = state.words.feed(output.result.text)
+            _, underrun, dropped = inputs[slot]
+            applied, state.applied = state.applied, []
+            frame = SlotFrame(slot, output.result, output.pcm, piece, words, underrun, dropped, applied)
+            frames.append(frame)
+            state.sink.deliver(frame, step_s, late)
         if self.on_step is not None:
             self.on_step(step_s, len(outputs), late)
-        return outputs
+        return frames
 
-    # -- real time ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Step in real time on a dedicated thread."""
-        if self._thread is not None:
-            return
-        # Torch releases the interpreter lock around every kernel; with Python's default 5 ms switch
-        # interval the frame clock can wait that long to get it back from a busy back-end thread, many
-        # times per step. A shorter interval keeps the clock's steps short in a busy process.
-        sys.setswitchinterval(min(sys.getswitchinterval(), self.switch_interval_s))
-        self._thread = threading.Thread(target=self._run, name="kame-frame-clock", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.run_ops()
-
-    def _raise_priority(self) -> None:
-        """The frame clock must win the CPU from back-end threads on a busy machine."""
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-        except (PermissionError, OSError, AttributeError) as exc:
-            logger.info("frame clock runs at normal priority (could not set nice %d: %s)", self.nice, exc)
-
-    def _run(self) -> None:
-        self._raise_priority()
+    def run_realtime(self, nice: int | None = -10) -> None:
+        """Step every ``frame_s`` until ``stop``; steps that end after their frame's deadline are late."""
+        if nice is not None:
+            _raise_priority(nice)
         next_tick: float | None = None
         while not self._stop.is_set():
             self.run_ops()
-            if not self._sessions:
+            if not self._slots:
                 next_tick = None
                 self._wake.wait(0.05)
                 self._wake.clear()
@@ -208,18 +263,339 @@ class FrameStepper:
                 self.step_once(deadline=next_tick + self.frame_s)
             except Exception:  # noqa: BLE001 - keep the clock alive; the failure is counted and logged
                 self.stats.errors += 1
-                logger.exception("frame stepper: a step failed")
+                logger.exception("frame clock: a step failed")
             next_tick += self.frame_s
             if time.perf_counter() - next_tick > self.max_lag_s:
                 self.stats.resyncs += 1
                 next_tick = time.perf_counter()
 
 
-def _set_result(future: asyncio.Future, value: object) -> None:
-    if not future.done():
+def _raise_priority(nice: int) -> None:
+    """The frame clock must win the CPU from back-end threads on a busy machine (like an audio thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (PermissionError, OSError, AttributeError) as exc:
+        logger.info("frame clock runs at normal priority (could not set nice %d: %s)", nice, exc)
+
+
+class FrameStepper:
+    """The frame clock in this process: on its own thread (``start``), or stepped by hand."""
+
+    def __init__(self, engine: FrontendEngine, *, frame_s: float = FRAME_S, nice: int | None = -10) -> None:
+        self.clock = FrameClock(engine, frame_s=frame_s)
+        self.engine = engine
+        self.nice = nice
+        self._thread: threading.Thread | None = None
+
+    @property
+    def stats(self) -> StepStats:
+        return self.clock.stats
+
+    @property
+    def on_step(self) -> Callable[[float, int, bool], None] | None:
+        return self.clock.on_step
+
+    @on_step.setter
+    def on_step(self, callback: Callable[[float, int, bool], None] | None) -> None:
+        self.clock.on_step = callback
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.max_sessions
+
+    @property
+    def active(self) -> int:
+        return self.clock.active
+
+    @property
+    def device(self) -> str:
+        return str(self.engine.device)
+
+    async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
+        """A slot at the next frame boundary; raises ``SlotsFullError`` when every slot is taken."""
+        if self._thread is None:  # by hand: nothing else is stepping
+            return self.clock.join(sink, max_backlog_s)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def op() -> None:
+            try:
+                slot = self.clock.join(sink, max_backlog_s)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting coroutine
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, slot, None)
+
+        self.clock.submit(op)
+        return await done
+
+    def leave(self, slot: int) -> None:
+        self._do(lambda: self.clock.leave(slot))
+
+    def push_audio(self, slot: int, pcm: np.ndarray) -> None:
+        self.clock.push_audio(slot, pcm)
+
+    def send_oracle(self, slot: int, event: OracleEvent) -> None:
+        self._do(lambda: self.clock.apply_oracle(slot, event))
+
+    def _do(self, op: Callable[[], None]) -> None:
+        if self._thread is None:
+            op()
+        else:
+            self.clock.submit(op)
+
+    def step_once(self, deadline: float | None = None) -> list[SlotFrame]:
+        return self.clock.step_once(deadline)
+
+    def start(self) -> None:
+        """Step in real time on a dedicated thread."""
+        if self._thread is not None:
+            return
+        # Torch releases the interpreter lock around every kernel; with Python's default 5 ms switch
+        # interval the clock can wait that long to get it back from a busy thread, many times per step.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+        self._thread = threading.Thread(
+            target=self.clock.run_realtime, args=(self.nice,), name="kame-frame-clock", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.clock.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.clock.run_ops()
+
+
+def _settle(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+# -- the frame clock in a child process ---------------------------------------------------------------
+
+
+@dataclass
+class FrontendProcessSpec:
+    """What the child process needs to build the front-end itself (a model never crosses processes)."""
+
+    frontend: str
+    device: str = "cpu"
+    lora: str | None = None
+    max_sessions: int = 2
+    sampling: dict[str, Any] = field(default_factory=dict)  # over the checkpoint's lm_gen_config
+    seed: int | None = None
+    frame_s: float = FRAME_S
+    nice: int | None = -10
+    warm_up_frames: int = 6
+
+
+class ProcessStepper:
+    """The frame clock in a child process, behind the same interface as ``FrameStepper``."""
+
+    def __init__(self, spec: FrontendProcessSpec, *, start_timeout_s: float = 600.0) -> None:
+        self.spec = spec
+        self.start_timeout_s = start_timeout_s
+        self.stats = StepStats()
+        self.on_step: Callable[[float, int, bool], None] | None = None
+        self.capacity = spec.max_sessions
+        self.device = spec.device
+        self._sinks: dict[int, SessionSink] = {}
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int], SessionSink]] = {}
+        self._ids = itertools.count()
+        self._send_lock = threading.Lock()
+        self._conn: Any = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._receiver: threading.Thread | None = None
+        self.failure: str | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._sinks)
+
+    def start(self) -> None:
+        """Spawn the child, let it load and warm up the front-end, and wait until it is ready."""
+        if self._process is not None:
+            return
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        self._process = context.Process(target=_child_main, args=(child, self.spec), name="kame-frame-clock")
+        self._process.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(self.start_timeout_s):
+            self._process.kill()
+            raise RuntimeError(f"the front-end process did not start within {self.start_timeout_s:.0f} s")
+        message = parent.recv()
+        if message[0] != "ready":
+            self._process.join(5)
+            raise RuntimeError(f"the front-end process failed to start: {message[1]}")
+        self._receiver = threading.Thread(target=self._receive, name="kame-frame-results", daemon=True)
+        self._receiver.start()
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._send(("stop",))
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+        if self._receiver is not None:
+            self._receiver.join(5)
+        self._conn.close()
+
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
+            try:
+                self._conn.send(message)
+            except (OSError, ValueError, BrokenPipeError) as exc:
+                self.failure = self.failure or f"front-end process unreachable: {exc}"
+
+    async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
+        if self.failure:
+            raise RuntimeError(self.failure)
+        loop = asyncio.get_running_loop()
+        request = next(self._ids)
+        done: asyncio.Future[int] = loop.create_future()
+        self._pending[request] = (loop, done, sink)
+        self._send(("join", request, max_backlog_s))
+        return await done
+
+    def leave(self, slot: int) -> None:
+        self._sinks.pop(slot, None)
+        self._send(("leave", slot))
+
+    def push_audio(self, slot: int, pcm: np.ndarray) -> None:
+        self._send(("audio", slot, np.asarray(pcm, dtype=np.float32)))
+
+    def send_oracle(self, slot: int, event: OracleEvent) -> None:
+        self._send(("oracle", slot, event))
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                self.failure = self.failure or "the front-end process ended"
+                if self._process is not None and self._process.exitcode not in (None, 0):
+                    logger.error("the front-end process died (exit code %s)", self._process.exitcode)
+                for loop, future, _ in self._pending.values():
+                    loop.call_soon_threadsafe(_settle, future, None, RuntimeError(self.failure))
+                self._pending.clear()
+                return
+            kind = message[0]
+            if kind == "frames":
+                _, step_s, late, frames = message
+                self.stats.add(step_s, len(frames), late)
+                for frame in frames:
+                    sink = self._sinks.get(frame.slot)
+                    if sink is not None:
+                        sink.deliver(frame, step_s, late)
+                if self.on_step is not None:
+                    self.on_step(step_s, len(frames), late)
+            elif kind == "joined":
+                _, request, slot, error = message
+                loop, future, sink = self._pending.pop(request)
+                if error is None:
+                    self._sinks[slot] = sink
+                    loop.call_soon_threadsafe(_settle, future, slot, None)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, None, RuntimeError(error))
+            elif kind == "stats":
+                _, resyncs, errors = message
+                self.stats.resyncs, self.stats.errors = resyncs, errors
+
+
+class _PipeSink:
+    """In the child: collects one step's frames, sent to the parent in one message."""
+
+    def __init__(self, batch: list[SlotFrame]) -> None:
+        self.batch = batch
+
+    def deliver(self, frame: SlotFrame, step_s: float, late: bool) -> None:
+        self.batch.append(frame)
+
+
+def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
+    """The child process: build the front-end, then run the frame clock, talking through ``conn``."""
+    import torch
+
+    from kame.frontend.checkpoint import load_frontend
+
+    try:
+        torch.set_grad_enabled(False)
+        if spec.seed is not None:
+            torch.manual_seed(spec.seed)
+        frontend = load_frontend(spec.frontend, device=spec.device, lora_weights=spec.lora)
+        sampling = SamplingConfig.merged(frontend.lm_gen_config, **spec.sampling)
+        engine = FrontendEngine(frontend, max_sessions=spec.max_sessions, sampling=sampling)
+        warm_up(engine, spec.warm_up_frames)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    clock = FrameClock(engine, frame_s=spec.frame_s)
+    batch: list[SlotFrame] = []
+    sink = _PipeSink(batch)
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            try:
+                conn.send(message)
+            except (OSError, BrokenPipeError):
+                clock.stop()
+
+    def on_step(step_s: float, sessions: int, late: bool) -> None:
+        frames = list(batch)
+        batch.clear()
+        send(("frames", step_s, late, frames))
+        if clock.stats.steps % 125 == 0:
+            send(("stats", clock.stats.resyncs, clock.stats.errors))
+
+    clock.on_step = on_step
+
+    def join(request: int, max_backlog_s: float) -> None:
+        try:
+            slot = clock.join(sink, max_backlog_s)
+        except Exception as exc:  # noqa: BLE001 - reported to the session that asked
+            send(("joined", request, None, f"{type(exc).__name__}: {exc}"))
+        else:
+            send(("joined", request, slot, None))
+
+    def read() -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                clock.stop()
+                return
+            kind = message[0]
+            if kind == "audio":
+                clock.push_audio(message[1], message[2])
+            elif kind == "join":
+                clock.submit(lambda m=message: join(m[1], m[2]))
+            elif kind == "leave":
+                clock.submit(lambda m=message: clock.leave(m[1]))
+            elif kind == "oracle":
+                clock.submit(lambda m=message: clock.apply_oracle(m[1], m[2]))
+            elif kind == "stop":
+                clock.stop()
+                return
+
+    threading.Thread(target=read, name="kame-frame-input", daemon=True).start()
+    sys.setswitchinterval(0.0005)
+    conn.send(("ready", spec.max_sessions))
+    clock.run_realtime(spec.nice)
+    engine.close()
+
+
+def warm_up(engine: FrontendEngine, frames: int = 6) -> None:
+    """Step a throw-away session so that compilation and CUDA graphs happen before any client."""
+    slot = engine.join()
+    silence = np.zeros(FRAME_SIZE, dtype=np.float32)
+    for _ in range(frames):
+        engine.step({slot: silence})
+    engine.leave(slot)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,11 +20,9 @@ import soxr
 
 from kame.audio.io import MODEL_SAMPLE_RATE, AudioFormatError, to_mono
 from kame.backend.oracle_events import OracleEvent
-from kame.frontend.engine import FRAME_SIZE, FrameOutput
 from kame.runtime.backend import Backend, SessionBackend
-from kame.runtime.scheduler import FrameStepper
+from kame.runtime.scheduler import SlotFrame
 from kame.runtime.timeline import Clock, Timeline
-from kame.runtime.words import AssistantWords
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +86,25 @@ class SessionMetrics:
         }
 
 
+class Stepper(Protocol):
+    """The frame clock as a session sees it (``FrameStepper`` or ``ProcessStepper``)."""
+
+    async def join(self, sink: Any, max_backlog_s: float = 0.5) -> int: ...
+
+    def leave(self, slot: int) -> None: ...
+
+    def push_audio(self, slot: int, pcm: np.ndarray) -> None: ...
+
+    def send_oracle(self, slot: int, event: OracleEvent) -> None: ...
+
+
 class Session:
     """Create, ``await start()``, ``push_audio`` as it arrives, ``await close()``."""
 
     def __init__(
         self,
         session_id: str,
-        stepper: FrameStepper,
+        stepper: Stepper,
         backend: Backend | None,
         *,
         output: SessionOutput | None = None,
@@ -110,20 +119,11 @@ class Session:
         self.timeline = Timeline(session_id, path=timeline_path, **({"clock": clock} if clock else {}))
         self.metrics = SessionMetrics()
         self.slot: int | None = None
-        frontend = stepper.engine.frontend
-        lm = frontend.lm
-        self.words = AssistantWords(
-            frontend.tokenizer, (lm.text_padding_token_id, lm.end_of_text_padding_id), lm.text_card
-        )
         self._backend = backend
         self.back: SessionBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._input: deque[np.ndarray] = deque()
-        self._input_samples = 0
         self._resampler: soxr.ResampleStream | None = None
         self._resample_rate: int | None = None
-        self._heard_audio = False
         self._input_finished = False
         self._closed = False
         self.audio_out: list[np.ndarray] = []  # kept when ``keep_audio`` (offline simulation)
@@ -136,7 +136,7 @@ class Session:
         if self._backend is not None:
             self.back = self._backend.open_session(self.id, self.timeline, self._on_oracle)
             await self.back.start()
-        self.slot = await self.stepper.join(self)
+        self.slot = await self.stepper.join(self, self.config.max_backlog_s)
         self.timeline.record("session_start", slot=self.slot)
 
     async def close(self, reason: str = "closed") -> None:
@@ -150,8 +150,6 @@ class Session:
                 await self.back.aclose()
             except Exception:  # noqa: BLE001 - closing must finish whatever the back-end does
                 logger.exception("session %s: closing the back-end failed", self.id)
-        for word in self.words.flush():
-            self._said(word)
         self.timeline.record("session_end", reason=reason, **self.metrics.snapshot())
         self._unsubscribe()
         self.timeline.close()
@@ -179,15 +177,8 @@ class Session:
         if self.back is not None and not self._input_finished:
             self.back.stream.push(pcm, sample_rate)
         self.timeline.add_audio(len(pcm) / sample_rate, record=False)
-        limit = int(self.config.max_backlog_s * MODEL_SAMPLE_RATE) + FRAME_SIZE
-        with self._lock:
-            self._heard_audio = True
-            self._input.append(model_pcm.astype(np.float32, copy=False))
-            self._input_samples += model_pcm.size
-            while self._input_samples > limit and len(self._input) > 1:
-                dropped = self._input.popleft()
-                self._input_samples -= dropped.size
-                self.metrics.input_dropped_s += dropped.size / MODEL_SAMPLE_RATE
+        if self.slot is not None:
+            self.stepper.push_audio(self.slot, model_pcm)
 
     def end_of_input(self) -> None:
         """The user's audio is over (a recording ended): the STT finalizes its last utterance."""
@@ -195,48 +186,35 @@ class Session:
         if self.back is not None:
             self.back.stream.finish()
 
-    # -- the frame clock's side (stepper thread) ----------------------------------------------------
-    def take_frame(self) -> np.ndarray:
-        """The next 80 ms of user audio, or silence if it has not arrived (an underrun)."""
-        with self._lock:
-            if self._input_samples < FRAME_SIZE:
-                if self._heard_audio:
-                    self.metrics.input_underruns += 1
-                return np.zeros(FRAME_SIZE, dtype=np.float32)
-            parts, need = [], FRAME_SIZE
-            while need:
-                head = self._input[0]
-                if head.size <= need:
-                    parts.append(self._input.popleft())
-                    need -= head.size
-                else:
-                    parts.append(head[:need])
-                    self._input[0] = head[need:]
-                    need = 0
-            self._input_samples -= FRAME_SIZE
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def deliver(self, output: FrameOutput, step_s: float, late: bool) -> None:
+    # -- the frame clock's side (its thread, or the thread receiving a child process's results) -------
+    def deliver(self, frame: SlotFrame, step_s: float, late: bool) -> None:
         metrics = self.metrics
         metrics.frames += 1
         metrics.step_s.append(step_s)
-        if late:
-            metrics.deadline_misses += 1
+        metrics.deadline_misses += late
+        metrics.input_underruns += frame.underrun
+        metrics.input_dropped_s += frame.dropped_s
         if self._loop is not None and not self._closed:
-            self._loop.call_soon_threadsafe(self._on_frame, output)
+            self._loop.call_soon_threadsafe(self._on_frame, frame)
 
     # -- results (event loop) -----------------------------------------------------------------------
-    def _on_frame(self, output: FrameOutput) -> None:
+    def _on_frame(self, frame: SlotFrame) -> None:
         if self._closed:
             return
-        self.output.on_audio(output.pcm)
+        for applied in frame.applied:
+            lag = max(0.0, self.timeline.now() - applied.emitted_t)
+            self.metrics.oracle_lag_s.append(lag)
+            self.timeline.record(
+                "oracle_applied", kind=applied.kind, stream=applied.stream_id, frame=applied.frame,
+                lag=round(lag, 4), late_tokens=applied.late_tokens,
+            )  # fmt: skip
+        self.output.on_audio(frame.pcm)
         if self.keep_audio:
-            self.audio_out.append(output.pcm)
-        piece, words = self.words.feed(output.result.text)
-        for word in words:
+            self.audio_out.append(frame.pcm)
+        for word in frame.words:
             self._said(word)
-        if piece:
-            self.output.on_text(piece)
+        if frame.piece:
+            self.output.on_text(frame.piece)
 
     def _said(self, word: str) -> None:
         self.metrics.assistant_words += 1
@@ -247,32 +225,10 @@ class Session:
 
     def _on_oracle(self, event: OracleEvent) -> None:
         """The back-end's sink: forward the operation to the frame clock (applied at a frame boundary)."""
-        slot = self.slot
-        if slot is None or self._closed:
+        if self.slot is None or self._closed:
             return
         self.metrics.oracle_events += 1
-        self.stepper.submit(lambda: self._apply_oracle(slot, event))
-
-    def _apply_oracle(self, slot: int, event: OracleEvent) -> None:
-        """On the stepper's thread, right before a frame."""
-        if self._closed:
-            return
-        gen = self.stepper.engine.generator
-        late = 0
-        if event.kind == "reset":
-            gen.oracle_reset(slot)
-            if event.text:
-                late = gen.oracle_append_text(slot, event.text)
-        elif event.kind == "append":
-            late = gen.oracle_append_text(slot, event.text)
-        else:
-            late = gen.oracle_end(slot)
-        lag = max(0.0, self.timeline.now() - event.t)
-        self.metrics.oracle_lag_s.append(lag)
-        self.timeline.record(
-            "oracle_applied", kind=event.kind, stream=event.stream_id, frame=gen.step_of(slot),
-            lag=round(lag, 4), late_tokens=late,
-        )  # fmt: skip
+        self.stepper.send_oracle(self.slot, event)
 
     def _observe(self, event: dict[str, Any]) -> None:
         """Timeline observer: forward what the client shows live (any thread)."""

@@ -23,9 +23,8 @@ import numpy as np
 import sphn
 from aiohttp import WSMsgType, web
 
-from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
-from kame.runtime.scheduler import FrameStepper
+from kame.runtime.scheduler import FrameStepper, ProcessStepper
 from kame.runtime.session import Session, SessionConfig
 from kame.server import protocol
 from kame.server.metrics import ServerMetrics
@@ -143,35 +142,24 @@ class KameServer:
 
     def __init__(
         self,
-        engine: FrontendEngine,
+        stepper: FrameStepper | ProcessStepper,
         backend: Backend | None,
         config: ServerConfig | None = None,
         static_dir: str | Path | None = None,
     ) -> None:
         self.config = config or ServerConfig()
-        self.engine = engine
         self.backend = backend
-        self.stepper = FrameStepper(engine)
+        self.stepper = stepper
         self.metrics = ServerMetrics()
-        self.metrics.capacity.set(engine.max_sessions)
+        self.metrics.capacity.set(stepper.capacity)
         self.stepper.on_step = self.metrics.on_step
-        self.gate = CapacityGate(
-            engine.max_sessions, self.config.queue_size, self.config.when_full == "queue"
-        )
+        self.gate = CapacityGate(stepper.capacity, self.config.queue_size, self.config.when_full == "queue")
         self.sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
         self.static_dir = Path(static_dir) if static_dir else _default_static_dir()
         self.started = time.time()
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def warm_up(self, frames: int = 6) -> None:
-        """Step a throw-away session so that compilation and CUDA graphs happen before any client."""
-        slot = self.engine.join()
-        silence = np.zeros(1920, dtype=np.float32)
-        for _ in range(frames):
-            self.engine.step({slot: silence})
-        self.engine.leave(slot)
-
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_message_bytes)
         app.router.add_get("/api/chat", self.chat)
@@ -187,7 +175,7 @@ class KameServer:
     async def _on_startup(self, app: web.Application) -> None:
         if self.backend is not None:
             await self.backend.load()
-        self.stepper.start()
+        await asyncio.to_thread(self.stepper.start)  # a child process may take a while to load the model
 
     async def _on_shutdown(self, app: web.Application) -> None:
         for session in list(self.sessions.values()):
@@ -203,9 +191,9 @@ class KameServer:
             {
                 "status": "ok",
                 "sessions": len(self.sessions),
-                "capacity": self.engine.max_sessions,
+                "capacity": self.stepper.capacity,
                 "queued": self.gate.queued,
-                "device": str(self.engine.device),
+                "device": self.stepper.device,
                 "steps": stats.steps,
                 "step_ms_p50": round(stats.percentile_ms(50), 2),
                 "step_ms_p99": round(stats.percentile_ms(99), 2),
