@@ -163,7 +163,7 @@ class Builder:
         out = self.config.out
         out.mkdir(parents=True, exist_ok=True)
         path = out / SETTINGS_FILE
-        wanted = self.config.identity(self.prompts)
+        wanted = json.loads(json.dumps(self.config.identity(self.prompts)))  # tuples compare as JSON lists
         if path.is_file():
             stored = json.loads(path.read_text())
             changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
