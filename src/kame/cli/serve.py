@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, default=15.0, help="seconds without a client message")
     parser.add_argument("--timeline-dir", default=None, help="write each session's timeline (JSONL) here")
     parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads for the front-end (default: 1 on CPU)"
+    )
+    parser.add_argument(
         "--frame-clock", choices=["process", "thread"], default="process",
         help="step the front-end in a child process (default; its own interpreter lock) or a thread",
     )  # fmt: skip
@@ -83,7 +86,7 @@ def make_stepper(args: argparse.Namespace):
     if args.frame_clock == "process":
         spec = FrontendProcessSpec(
             frontend=str(args.frontend), device=args.device, lora=args.lora, max_sessions=args.max_sessions,
-            sampling=sampling_overrides(args), seed=args.seed,
+            sampling=sampling_overrides(args), seed=args.seed, threads=_threads(args),
         )  # fmt: skip
         logger.info("front-end: %d slots on %s, in a child process", args.max_sessions, args.device)
         return ProcessStepper(spec)
@@ -94,6 +97,8 @@ def make_stepper(args: argparse.Namespace):
 
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    if _threads(args):
+        torch.set_num_threads(_threads(args))
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
     engine = FrontendEngine(
         frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args, frontend)
@@ -101,3 +106,10 @@ def make_stepper(args: argparse.Namespace):
     logger.info("warming up the front-end (%d slots on %s)", args.max_sessions, engine.device)
     warm_up(engine)
     return FrameStepper(engine)
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    """On a CPU the front-end gets one thread: a second one stalls whenever the back-end is busy."""
+    if args.threads is not None:
+        return args.threads
+    return 1 if str(args.device).startswith("cpu") else None

@@ -47,13 +47,7 @@ class SessionBackend:
 
     def busy(self) -> bool:
         """Work is pending: audio not decoded yet, or an answer still streaming."""
-        engine = self.engine
-        return (
-            self.stream.backlog_s > 0.0
-            or engine.running_streams > 0
-            or bool(engine._queue)  # transcripts not absorbed yet
-            or engine._pending_trigger() is not None  # a request is due
-        )
+        return self.stream.backlog_s > 0.0 or self.engine.busy
 
     async def aclose(self) -> None:
         await self.engine.aclose()

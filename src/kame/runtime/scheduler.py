@@ -391,6 +391,7 @@ class FrontendProcessSpec:
     frame_s: float = FRAME_S
     nice: int | None = -10
     warm_up_frames: int = 6
+    threads: int | None = None  # torch CPU threads in the child; None: as many as this process uses
 
 
 class ProcessStepper:
@@ -420,6 +421,12 @@ class ProcessStepper:
         """Spawn the child, let it load and warm up the front-end, and wait until it is ready."""
         if self._process is not None:
             return
+        if self.spec.threads is None:
+            import torch
+
+            # A spawned child starts with one thread per core; two threads on a busy 2-core machine
+            # stall each other, so the child inherits this process's setting instead.
+            self.spec.threads = torch.get_num_threads()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self._process = context.Process(target=_child_main, args=(child, self.spec), name="kame-frame-clock")
@@ -527,6 +534,8 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
 
     try:
         torch.set_grad_enabled(False)
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         if spec.seed is not None:
             torch.manual_seed(spec.seed)
         frontend = load_frontend(spec.frontend, device=spec.device, lora_weights=spec.lora)

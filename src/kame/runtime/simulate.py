@@ -144,4 +144,6 @@ async def _advance_virtual(
                 await asyncio.sleep(0)
             if session.back is None or not session.back.busy():
                 clock.skip(target - session.timeline.now())
+                if session.back is not None:
+                    session.back.engine.wake()  # time-based rules (rate limits) may have changed
                 return
