@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_checks import QA, check_record
 from sim_llm import app, serve_in_thread
 
-from conftest import QA, check_record
 from kame.data.build import BuildConfig, Builder, BuildError, build
 from kame.data.dataset import read_records
 

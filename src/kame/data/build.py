@@ -207,7 +207,8 @@ class Builder:
             final = record.final if i == 1 else None
             plain = spoken(turn.text, max_words=limit)
             text, used = plain, False
-            if config.rewrite:
+            recorded = str(i) in (record.meta.get("audio") or {})  # a recording says its transcript as is
+            if config.rewrite and not recorded:
                 if is_user:
                     raw = await self._ask("spoken_question", 160, question=turn.text)
                 else:
