@@ -94,19 +94,21 @@ TINY_TOKENIZER_SIZE = 1000
 PRESETS = ("tiny", "moshi-7b")
 
 
+def _shape(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    shapes = {
+        "tiny": (TINY_LM_CONFIG, TINY_MIMI_CONFIG),
+        "moshi-7b": (moshi_loaders._lm_kwargs, moshi_loaders._mimi_config),
+    }
+    if preset not in shapes:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return shapes[preset]
+
+
 def lm_config(preset: str) -> dict[str, Any]:
     """LM constructor arguments of a preset (a fresh copy)."""
-    if preset == "tiny":
-        return copy.deepcopy(TINY_LM_CONFIG)
-    if preset == "moshi-7b":
-        return copy.deepcopy(moshi_loaders._lm_kwargs)
-    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(_shape(preset)[0])
 
 
 def mimi_config(preset: str) -> dict[str, Any]:
     """Mimi constructor config of a preset (a fresh copy)."""
-    if preset == "tiny":
-        return copy.deepcopy(TINY_MIMI_CONFIG)
-    if preset == "moshi-7b":
-        return copy.deepcopy(moshi_loaders._mimi_config)
-    raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return copy.deepcopy(_shape(preset)[1])
