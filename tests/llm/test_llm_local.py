@@ -100,3 +100,21 @@ def test_prompt_longer_than_the_context_is_clear(run):
     long_prompt = [ChatMessage("user", "word " * 600)]
     with pytest.raises(LLMError, match="context"):
         run(llm.complete(long_prompt, max_tokens=10))
+
+
+def test_answers_do_not_depend_on_earlier_requests_without_prompt_reuse(run):
+    """With ``reuse_prompt=False`` and a seed, an answer is a function of its prompt alone (datasets)."""
+    llm = create_llm("local", threads=1, seed=7, reuse_prompt=False)
+    prompts = [
+        [
+            ChatMessage("system", "Reply in at most 20 words."),
+            ChatMessage("user", f"Tell me about the number {i}."),
+        ]
+        for i in range(4)
+    ]
+
+    async def answers(order: list[int]) -> dict[int, str]:
+        return {i: await llm.complete(prompts[i], temperature=0.7, max_tokens=24) for i in order}
+
+    forward, backward = run(answers([0, 1, 2, 3])), run(answers([3, 1, 2, 0]))
+    assert forward == backward

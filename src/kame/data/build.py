@@ -146,7 +146,10 @@ class Builder:
         self.config = config
         self.prompts = load_prompts(config.prompts)
         self._check_settings()
-        self.llm = llm or create_llm(config.llm, seed=config.seed, timeout=config.llm_timeout)
+        # every prompt read from scratch: a record's oracles must not depend on what was asked before it
+        self.llm = llm or create_llm(
+            config.llm, seed=config.seed, timeout=config.llm_timeout, reuse_prompt=False
+        )
         if engines is None:
             user = create_tts(config.tts)
             assistant = create_tts(config.assistant_tts) if config.assistant_tts else user

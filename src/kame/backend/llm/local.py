@@ -170,7 +170,10 @@ class LocalLLM(LLMProvider):
             try:
                 if stop.is_set():
                     return
-                pieces = model.llama().create_chat_completion(
+                llama = model.llama()
+                if not self.options.reuse_prompt:
+                    llama.reset()  # forget the previous prompt: no prefix reuse, same numbers every time
+                pieces = llama.create_chat_completion(
                     messages=request,
                     max_tokens=max_tokens,
                     temperature=temperature,

@@ -34,7 +34,9 @@ class LLMOptions:
     # local (llama.cpp) only
     threads: int | None = None
     context: int = 4096
-    seed: int | None = None
+    seed: int | None = None  # sampling seed (remote: sent where the API takes one)
+    reuse_prompt: bool = True  # False: read every prompt from scratch, so answers never depend on earlier
+    # requests (llama.cpp's prefix reuse changes the float rounding); repeatable datasets need that
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> LLMOptions:
