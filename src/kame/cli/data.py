@@ -116,6 +116,14 @@ def _inspect(args: argparse.Namespace) -> int:
                 chosen = record.meta
     except DatasetError as exc:
         raise UserError(str(exc)) from exc
+    try:
+        _print_stats(args, count, seconds, levels, chosen)
+    except BrokenPipeError:  # the reader (e.g. head) stopped early
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+    return 0
+
+
+def _print_stats(args: argparse.Namespace, count: int, seconds: float, levels: Counter, chosen) -> None:  # type: ignore[no-untyped-def]
     failures = Path(args.folder) / "failures.jsonl"
     failed = sum(1 for _ in failures.open()) if failures.is_file() else 0
     print(f"{args.folder}: {count} dialogues, {seconds / 3600:.3f} h of audio, {failed} failures logged")
@@ -123,9 +131,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if chosen is None:
         if args.record:
             raise UserError(f"no record {args.record!r} in {args.folder}")
-        return 0
+        return
     _print_timeline(chosen)
-    return 0
 
 
 def _print_timeline(meta: dict) -> None:
