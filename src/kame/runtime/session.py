@@ -51,7 +51,6 @@ class NullOutput:
 @dataclass
 class SessionConfig:
     max_backlog_s: float = 0.5  # user audio waiting for the frame clock beyond this is dropped
-    max_seconds: float | None = None  # a session longer than this is ended
 
 
 @dataclass

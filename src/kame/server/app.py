@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 
 from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FrameStepper, ProcessStepper
-from kame.runtime.session import Session, SessionConfig
+from kame.runtime.session import Session
 from kame.server import protocol
 from kame.server.metrics import ServerMetrics
 
@@ -264,10 +264,7 @@ class KameServer:
         timeline_path = None
         if self.config.timeline_dir:
             timeline_path = str(Path(self.config.timeline_dir) / f"{session_id}-{int(time.time())}.jsonl")
-        session = Session(
-            session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path,
-            config=SessionConfig(max_seconds=self.config.max_session_s),
-        )  # fmt: skip
+        session = Session(session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path)
         session.timeline.subscribe(self.metrics.on_event)
         reason = "client closed"
         sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
