@@ -103,8 +103,13 @@ async def talk(
         lingered = 0.0
         while frames or (lingered < linger and not (until and until(got))):
             ogg = writer.append_pcm(frames.pop(0) if frames else silence)
+            if ws.closed:
+                break  # the server ended the session (it says why in got.errors)
             if ogg:
-                await ws.send_bytes(protocol.audio_message(ogg))
+                try:
+                    await ws.send_bytes(protocol.audio_message(ogg))
+                except ConnectionResetError:
+                    break
             await asyncio.sleep(pace)
             if not frames:
                 lingered += pace
@@ -340,3 +345,35 @@ def test_frame_clock_in_a_child_process(tiny_checkpoint, question):
     assert a.of_type("oracle_end") and a.of_type("final")
     assert health["steps"] > 20 and health["sessions"] == 0
     assert stepper._process is not None and not stepper._process.is_alive()  # stopped with the server
+
+
+def test_a_dead_frontend_process_is_reported_not_hidden(tiny_checkpoint):
+    from kame.runtime.scheduler import FrontendProcessSpec, ProcessStepper
+
+    async def scenario():
+        stepper = ProcessStepper(FrontendProcessSpec(frontend=tiny_checkpoint, max_sessions=2))
+        port = _free_port()
+        server = KameServer(stepper, None, ServerConfig(port=port))
+        runner = web.AppRunner(server.app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            tone = (0.1 * np.sin(np.arange(24000 * 6) * 0.05)).astype(np.float32)
+            live = asyncio.create_task(talk(url, tone))
+            await asyncio.sleep(1.5)
+            stepper._process.kill()  # the front-end dies (e.g. the GPU fails)
+            got = await live
+            async with aiohttp.ClientSession() as http:
+                health = await (await http.get(url + "/healthz")).json()
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await http.ws_connect(url + "/api/chat")
+        finally:
+            await runner.cleanup()
+        return got, health, refused.value.status
+
+    got, health, status = asyncio.run(scenario())
+    assert got.audio_samples > 0  # it was serving
+    assert got.errors and "front-end stopped" in got.errors[0]
+    assert health["status"] == "error" and "ended" in health["error"]
+    assert status == 503

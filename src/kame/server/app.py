@@ -185,11 +185,17 @@ class KameServer:
             await self.backend.aclose()
 
     # -- plain HTTP ---------------------------------------------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        """Why the front-end cannot serve any more (its process died), if it cannot."""
+        return getattr(self.stepper, "failure", None)
+
     async def healthz(self, request: web.Request) -> web.Response:
         stats = self.stepper.stats
         return web.json_response(
             {
-                "status": "ok",
+                "status": "error" if self.failure else "ok",
+                "error": self.failure,
                 "sessions": len(self.sessions),
                 "capacity": self.stepper.capacity,
                 "queued": self.gate.queued,
@@ -218,6 +224,12 @@ class KameServer:
         except ServerFull as exc:
             self.metrics.sessions_rejected.inc()
             return web.json_response({"error": f"server full: {exc}; try again later"}, status=503)
+        if self.failure:
+            if waiter is None:
+                self.gate.release()
+            else:
+                self.gate.cancel(waiter)
+            return web.json_response({"error": f"the front-end is down: {self.failure}"}, status=503)
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, heartbeat=10.0)
         try:
             await ws.prepare(request)
@@ -268,7 +280,9 @@ class KameServer:
         session.timeline.subscribe(self.metrics.on_event)
         reason = "client closed"
         sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
-        ticker = asyncio.create_task(self._metrics_loop(session, output), name=f"kame-metrics-{session_id}")
+        ticker = asyncio.create_task(
+            self._metrics_loop(ws, session, output), name=f"kame-metrics-{session_id}"
+        )
         try:
             await session.start()
             self.sessions[session_id] = session
@@ -342,9 +356,14 @@ class KameServer:
             except (ConnectionError, RuntimeError):
                 return
 
-    async def _metrics_loop(self, session: Session, output: WebSocketOutput) -> None:
+    async def _metrics_loop(
+        self, ws: web.WebSocketResponse, session: Session, output: WebSocketOutput
+    ) -> None:
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
+            if self.failure:  # the front-end died: tell the client rather than leave it in silence
+                await _close_with_error(ws, f"the front-end stopped: {self.failure}")
+                return
             snapshot = session.metrics.snapshot()
             snapshot["outgoing_dropped"] = output.dropped
             output.on_event({"type": "metrics", **snapshot})
