@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
 from kame.audio.tts.base import Speech, TTSEngine, TTSError, WordTiming
 from kame.audio.tts.words import text_words
+from kame.hub import hub_reachable
 
 DEFAULT_REPO = "kyutai/tts-1.6b-en_fr"
 VOICE_REPO = "kyutai/tts-voices"
@@ -37,18 +35,6 @@ VARIETY = (
 DROPPED_FRAMES = 2  # moshi's simple_generate drops two decoded frames (a click at the start)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def hub_file(repo: str, name: str) -> Path:
     """A file of a Hugging Face repository: from the cache, else downloaded; a clear TTSError if neither."""
     from huggingface_hub import hf_hub_download
@@ -61,7 +47,7 @@ def hub_file(repo: str, name: str) -> Path:
         f"download it where the hub is reachable (`huggingface-cli download {repo}`) and copy the cache, "
         "or pass a local folder (--tts kyutai:/path/to/folder); Kyutai's TTS also wants a GPU"
     )
-    if not _hub_reachable():
+    if not hub_reachable():
         where = f"kyutai: {repo}/{name} is not in the Hugging Face cache and the hub is unreachable"
         raise TTSError(f"{where}; {how}")
     try:

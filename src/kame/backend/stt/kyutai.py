@@ -21,14 +21,11 @@ import contextlib
 import json
 import logging
 import math
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import soxr
@@ -36,6 +33,7 @@ import soxr
 from kame.backend.stt.base import StreamOptions, STTEngine, STTError, STTStream, Transcript, Word, words_text
 from kame.backend.stt.vad import SAMPLE_RATE as VAD_RATE
 from kame.backend.stt.vad import SileroModel, SileroVAD, VADConfig
+from kame.hub import hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +157,7 @@ def _hub_file(repo: str, name: str) -> str:
         "the Hugging Face cache), or pass a local folder holding config.json, the model and Mimi "
         "safetensors and the SentencePiece tokenizer (--stt kyutai:/path/to/folder)"
     )
-    if not _hub_reachable():
+    if not hub_reachable():
         raise STTError(
             f"kyutai: {repo}/{name} is not in the local Hugging Face cache and the hub is unreachable; {how}"
         )
@@ -167,18 +165,6 @@ def _hub_file(repo: str, name: str) -> str:
         return hf_hub_download(repo, name)
     except Exception as exc:  # noqa: BLE001 - unknown repo, gated repo, network failure
         raise STTError(f"kyutai: cannot download {repo}/{name} ({type(exc).__name__}: {exc}); {how}") from exc
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class WordDecoder:
