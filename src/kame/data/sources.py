@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kame.jsonl import json_objects
+
 LETTERS = "ABCDEFGHIJKLMNOP"
 
 
@@ -167,15 +169,7 @@ def _rows_of(kind: str, files: list[Path]) -> Iterator[dict[str, Any]]:
     for file in files:
         if kind == "jsonl":
             with file.open(encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise SourceError(f"{file}:{number}: not valid JSON ({exc.msg})") from exc
-                    if not isinstance(row, dict):
-                        raise SourceError(f"{file}:{number}: each line must be a JSON object")
+                for _, row in json_objects(handle, str(file), SourceError):
                     yield row
         else:
             import pyarrow.parquet as pq

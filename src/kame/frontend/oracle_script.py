@@ -7,10 +7,11 @@ oracle's text as complete, releasing its held-back last word (see ``oracle_track
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from kame.jsonl import json_objects
 
 FRAME_RATE = 12.5
 OPS = ("reset", "append", "end")
@@ -34,16 +35,7 @@ class OracleOp:
 def parse_oracle_script(lines: list[str], source: str = "<script>") -> list[OracleOp]:
     """Parse and validate; operations come back ordered by frame, keeping file order within a frame."""
     ops: list[OracleOp] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise OracleScriptError(f"{where}: not JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise OracleScriptError(f"{where}: each line must be a JSON object")
+    for where, obj in json_objects(lines, source, OracleScriptError):
         time, op, text = obj.get("time"), obj.get("op"), obj.get("text", "")
         if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time) or time < 0:
             raise OracleScriptError(f"{where}: 'time' must be a number of seconds >= 0, got {time!r}")

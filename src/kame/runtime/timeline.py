@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from kame.jsonl import json_objects
+
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -205,15 +207,9 @@ def read_jsonl(path: str | Path) -> list[Event]:
     path = Path(path)
     events: list[Event] = []
     with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(event, dict) or "type" not in event or "t" not in event:
-                raise ValueError(f"{path}:{number}: a timeline event needs at least 't' and 'type'")
+        for where, event in json_objects(file, str(path)):
+            if "type" not in event or "t" not in event:
+                raise ValueError(f"{where}: a timeline event needs at least 't' and 'type'")
             events.append(event)
     return events
 
