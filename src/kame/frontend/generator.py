@@ -165,10 +165,6 @@ class OracleGenerator:
         self._steps[slot] = 0
         self._oracles[slot].clear()
 
-    @property
-    def active_slots(self) -> list[int]:
-        return [slot for slot, active in enumerate(self._active) if active]
-
     def step_of(self, slot: int) -> int:
         """The index of the slot's next step."""
         return self._steps[slot]

@@ -123,7 +123,6 @@ class Session:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resampler: soxr.ResampleStream | None = None
         self._resample_rate: int | None = None
-        self._input_finished = False
         self._closed = False
         self.audio_out: list[np.ndarray] = []  # kept when ``keep_audio`` (offline simulation)
         self.keep_audio = False
@@ -153,10 +152,6 @@ class Session:
         self._unsubscribe()
         self.timeline.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     # -- user audio (event loop) --------------------------------------------------------------------
     def push_audio(self, pcm: np.ndarray, sample_rate: int) -> None:
         """User audio of any rate; goes to the front-end's buffer (24 kHz) and to the STT."""
@@ -173,17 +168,11 @@ class Session:
                 else soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32")
             )
         model_pcm = pcm if self._resampler is None else self._resampler.resample_chunk(pcm)
-        if self.back is not None and not self._input_finished:
+        if self.back is not None:
             self.back.stream.push(pcm, sample_rate)
         self.timeline.add_audio(len(pcm) / sample_rate, record=False)
         if self.slot is not None:
             self.stepper.push_audio(self.slot, model_pcm)
-
-    def end_of_input(self) -> None:
-        """The user's audio is over (a recording ended): the STT finalizes its last utterance."""
-        self._input_finished = True
-        if self.back is not None:
-            self.back.stream.finish()
 
     # -- the frame clock's side (its thread, or the thread receiving a child process's results) -------
     def deliver(self, frame: SlotFrame, step_s: float, late: bool) -> None:
