@@ -179,3 +179,27 @@ def test_hub_specs_fail_clearly_offline(monkeypatch):
 def test_init_refuses_to_overwrite(tiny_checkpoint):
     with pytest.raises(CheckpointError, match="already holds a checkpoint"):
         init_checkpoint(tiny_checkpoint)
+
+
+def test_legacy_folder_without_config_is_read_as_moshi_reads_it(tiny_checkpoint, tmp_path, caplog):
+    """Older Kyutai uploads have no config.json: moshi assumes Moshi 7B (its _lm_kwargs) and file names."""
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    for ours, moshi_name in [
+        ("model.safetensors", moshi_loaders.MOSHI_NAME),
+        ("mimi.safetensors", moshi_loaders.MIMI_NAME),
+        ("tokenizer.model", moshi_loaders.TEXT_TOKENIZER_NAME),
+    ]:
+        shutil.copy(Path(tiny_checkpoint) / ours, legacy / moshi_name)
+    with caplog.at_level("WARNING"):
+        info = resolve_checkpoint(legacy)
+    assert "legacy Moshi folder" in caplog.text and "moshiko's default LM settings" in caplog.text
+    assert info.lm_config is None and info.lm_gen_config == {} and info.model_type == "moshi"
+    assert Path(info.moshi_weights) == legacy / moshi_loaders.MOSHI_NAME
+    assert Path(info.tokenizer) == legacy / moshi_loaders.TEXT_TOKENIZER_NAME
+    # These are tiny weights, not Moshi 7B: the defaults are applied and the mismatch is named clearly.
+    with pytest.raises(CheckpointError, match="do not match config.json: .*shape mismatches"):
+        load_frontend(legacy)
+    (legacy / moshi_loaders.MIMI_NAME).unlink()
+    with pytest.raises(CheckpointError, match="not a legacy Moshi folder either"):
+        load_frontend(legacy)

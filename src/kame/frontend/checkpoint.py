@@ -118,7 +118,7 @@ def resolve_checkpoint(
             "repository, or create a test checkpoint with `kame checkpoint init --preset tiny DIR`."
         )
     if not config_path.is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint folder (no {CONFIG_NAME}).")
+        return _legacy_folder(folder, lora)
     try:
         raw = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
@@ -148,6 +148,46 @@ def resolve_checkpoint(
         config_path=config_path,
         mimi_config_path=mimi_config,
         lora_weights=lora_path,
+    )
+
+
+def _legacy_folder(folder: Path, lora: Path | str | None) -> moshi_loaders.CheckpointInfo:
+    """A folder without config.json, read as moshi reads such a (legacy) repository: Moshi 7B defaults."""
+    names = {
+        "moshi_name": moshi_loaders.MOSHI_NAME,
+        "mimi_name": moshi_loaders.MIMI_NAME,
+        "tokenizer_name": moshi_loaders.TEXT_TOKENIZER_NAME,
+    }
+    missing = [name for name in names.values() if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{folder}: not a checkpoint folder: no {CONFIG_NAME}, and not a legacy Moshi folder either "
+            f"(missing {', '.join(missing)}). Add a config.json, or create a test checkpoint with "
+            "`kame checkpoint init --preset tiny DIR`."
+        )
+    logger.warning(
+        "%s has no %s: reading it as a legacy Moshi folder, as moshi does, with moshiko's default LM "
+        "settings (moshi.models.loaders._lm_kwargs: dim %s, %s layers, text_card %s) and files %s",
+        folder,
+        CONFIG_NAME,
+        moshi_loaders._lm_kwargs.get("dim"),
+        moshi_loaders._lm_kwargs.get("num_layers"),
+        moshi_loaders._lm_kwargs.get("text_card"),
+        ", ".join(names.values()),
+    )
+    return moshi_loaders.CheckpointInfo(
+        folder / names["moshi_name"],
+        folder / names["mimi_name"],
+        folder / names["tokenizer_name"],
+        lm_config=None,
+        raw_config=None,
+        mimi_config=None,
+        model_type="moshi",
+        lora_weights=Path(lora) if lora is not None else None,
+        lm_gen_config={},
+        tts_config={},
+        stt_config={},
+        model_id={},
     )
 
 
