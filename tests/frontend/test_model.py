@@ -75,7 +75,7 @@ def test_teacher_forced_forward_equals_streaming(tiny_frontend):
     g = torch.Generator().manual_seed(7)
     user = torch.randint(0, lm.card, (steps, 8), generator=g)
     oracle_at_step = torch.full((steps,), lm.oracle_pad_token_id)
-    oracle_at_step[0] = ORACLE_ZERO  # step 0 is the initial position: no oracle
+    # Step 0 gets pad, as the released streaming feeds it (and our forward at position 0).
     oracle_at_step[3] = lm.oracle_start_token_id
     oracle_at_step[4:9] = torch.randint(4, lm.text_card, (5,), generator=g)
 

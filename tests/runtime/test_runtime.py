@@ -118,7 +118,9 @@ def test_simulation_runs_the_whole_tandem_system(tiny_checkpoint, spoken_questio
             await backend.aclose()
 
     result = asyncio.run(scenario())
-    assert len(result.audio) == result.frames * FRAME_SIZE == len(result.user_audio)
+    # The timing convention: the last step's audio is heard one frame after its input frame.
+    assert len(result.audio) == (result.frames + 1) * FRAME_SIZE == len(result.user_audio)
+    assert not result.audio[:FRAME_SIZE].any()
     assert result.frames >= len(spoken_question) / FRAME_SIZE + 3.0 / 0.08 - 1  # the reply's minimum time
     types = [e["type"] for e in result.events]
     for kind in (

@@ -22,16 +22,62 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temp-text", type=float, default=None, help="text temperature (default 0.7)")
     parser.add_argument("--top-k", type=int, default=None, help="audio top-k (default 250)")
     parser.add_argument("--top-k-text", type=int, default=None, help="text top-k (default 25)")
+    parser.add_argument(
+        "--oracle-stream",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="feed the oracle stream (on: pad 3 between oracles, as released), or not (off: -1 on every "
+        "step, stock Moshi bit for bit); auto: off only for plain Moshi weights with no oracle source",
+    )
+
+
+INFER_DESCRIPTION = """\
+Run the front-end over a recording, applying a script of timed oracle operations.
+
+Input audio: any file libsndfile reads. Channels are averaged to mono, then resampled to 24 kHz with
+soxr (high quality); the last partial 80 ms frame is padded with silence.
+
+Output timing (the project's one convention): the reply WAV is 24 kHz, on the input's clock, and at
+least as long as the input. The audio of the step that consumed input frame s (input time
+[80 s, 80 s + 80) ms) starts at 80 (s + 1) ms, the earliest moment it could be heard.
+
+Oracle script: JSON Lines {"time", "op": reset|append|end, "text"}; an operation at `time` is applied
+before the step of frame floor(time * 12.5). Each oracle's text is complete after its last operation
+(end is never needed)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("infer", help="run the front-end offline on a recording with an oracle script")
+    parser = sub.add_parser(
+        "infer",
+        help="run the front-end offline on a recording with an oracle script",
+        description=INFER_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("input", help="the user's audio (any sample rate / channel count)")
     parser.add_argument("--oracle-script", default=None, help="JSONL of {time, op, text} oracle operations")
     parser.add_argument("--output", required=True, help="WAV file for the assistant's audio (24 kHz)")
     parser.add_argument("--tokens", default=None, help="JSON file with every step's fed and produced tokens")
     add_frontend_arguments(parser)
     parser.set_defaults(func=_run)
+
+
+class OracleStreamConflict(ValueError):
+    """--oracle-stream off together with a source of oracles."""
+
+
+def oracle_stream_from_args(args: argparse.Namespace, frontend, has_oracle_source: bool) -> bool:
+    """Resolve ``--oracle-stream`` for a loaded front-end (``auto``: see ``default_oracle_stream``)."""
+    from kame.frontend.generator import default_oracle_stream
+
+    choice = getattr(args, "oracle_stream", "auto")
+    if choice == "off" and has_oracle_source:
+        raise OracleStreamConflict(
+            "--oracle-stream off feeds no oracles, but oracles were given (a script or a back-end); "
+            "drop --oracle-stream off, or run without them (--no-backend, no --oracle-script)"
+        )
+    if choice == "auto":
+        return default_oracle_stream(not frontend.upgraded_from_moshi, has_oracle_source)
+    return choice == "on"
 
 
 def sampling_overrides(args: argparse.Namespace) -> dict:
@@ -64,7 +110,15 @@ def _run(args: argparse.Namespace) -> int:
     audio = load_audio(args.input)
     script = load_oracle_script(args.oracle_script) if args.oracle_script else []
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
-    result = run_inference(frontend, audio, script, sampling_from_args(args, frontend), seed=args.seed)
+    oracle_stream = oracle_stream_from_args(args, frontend, has_oracle_source=bool(script))
+    result = run_inference(
+        frontend,
+        audio,
+        script,
+        sampling_from_args(args, frontend),
+        seed=args.seed,
+        oracle_stream=oracle_stream,
+    )
     write_wav(args.output, result.audio)
     if args.tokens:
         write_tokens_json(args.tokens, result)

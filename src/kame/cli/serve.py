@@ -80,13 +80,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def make_stepper(args: argparse.Namespace):
     """The frame clock: in a child process that loads the front-end itself, or on a thread here."""
-    from kame.cli.infer import sampling_from_args, sampling_overrides
+    from kame.cli.infer import oracle_stream_from_args, sampling_from_args, sampling_overrides
     from kame.runtime.scheduler import FrameStepper, FrontendProcessSpec, ProcessStepper, warm_up
 
     if args.frame_clock == "process":
+        if args.oracle_stream == "off" and not args.no_backend:
+            from kame.cli.infer import OracleStreamConflict
+
+            raise OracleStreamConflict(
+                "--oracle-stream off feeds no oracles, but every session has a back-end; "
+                "add --no-backend or drop --oracle-stream off"
+            )
         spec = FrontendProcessSpec(
             frontend=str(args.frontend), device=args.device, lora=args.lora, max_sessions=args.max_sessions,
             sampling=sampling_overrides(args), seed=args.seed, threads=_threads(args),
+            oracle_stream=args.oracle_stream, has_oracle_source=not args.no_backend,
         )  # fmt: skip
         logger.info("front-end: %d slots on %s, in a child process", args.max_sessions, args.device)
         return ProcessStepper(spec)
@@ -101,7 +109,10 @@ def make_stepper(args: argparse.Namespace):
         torch.set_num_threads(_threads(args))
     frontend = load_frontend(args.frontend, device=args.device, lora_weights=args.lora)
     engine = FrontendEngine(
-        frontend, max_sessions=args.max_sessions, sampling=sampling_from_args(args, frontend)
+        frontend,
+        max_sessions=args.max_sessions,
+        sampling=sampling_from_args(args, frontend),
+        oracle_stream=oracle_stream_from_args(args, frontend, has_oracle_source=not args.no_backend),
     )
     logger.info("warming up the front-end (%d slots on %s)", args.max_sessions, engine.device)
     warm_up(engine)

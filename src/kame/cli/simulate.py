@@ -30,7 +30,7 @@ def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
     """Load the front-end and back-end named by ``args`` and simulate one session over ``audio``."""
     import torch
 
-    from kame.cli.infer import sampling_from_args
+    from kame.cli.infer import oracle_stream_from_args, sampling_from_args
     from kame.cli.serve import backend_from_args
     from kame.frontend.checkpoint import load_frontend
     from kame.frontend.engine import FrontendEngine
@@ -47,7 +47,9 @@ def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
         try:
             if backend is not None:
                 await backend.load()
-            with FrontendEngine(frontend, 1, sampling_from_args(args, frontend)) as engine:
+            oracle_stream = oracle_stream_from_args(args, frontend, has_oracle_source=backend is not None)
+            sampling = sampling_from_args(args, frontend)
+            with FrontendEngine(frontend, 1, sampling, oracle_stream=oracle_stream) as engine:
                 return await simulate(engine, backend, audio, config, timeline_path=timeline_path)
         finally:
             if backend is not None:

@@ -6,13 +6,17 @@ All streams share one index: frame f covers audio [f * 80 ms, (f + 1) * 80 ms) o
   free frame at or after it) and follow one per frame; the frame before a word, if it would be padding,
   carries the end-of-padding token (0); every other frame is the padding token (3).
 - ``user_text``: the same for the user's words (for models that also predict the other side).
-- ``oracle``: the oracle stream. Each event at frame f writes the start-of-oracle token (``text_card``)
-  there, then its text's tokens one per frame, and clears what an older event left after f; frames with
-  no oracle token are padding (3). The released trainer's augmentations are available: dropping each
+- ``oracle``: the oracle stream, built by inference's own rule (``render_oracle_stream``). Each event at
+  frame f writes the start-of-oracle token (``text_card``) there, then its text's tokens one per frame,
+  and clears what an older event left after f; frames with no oracle token are padding (3). The
+  released trainer's augmentations are available: dropping each
   event but the last with a probability drawn per record from U(0.1, 0.7), and shifting the whole stream
   right by 1-10 or left by 1-15 frames.
 - ``assistant_codes`` / ``user_codes``: Mimi codes [K, T] of the two channels, computed with the
   front-end's Mimi, optionally cached on disk (keyed by record id and a fingerprint of Mimi's weights).
+  Each channel is encoded whole, as both released trainers do; live sessions instead reset Mimi's
+  streaming state after their first frame (``FrontendEngine``), so the codes of the first frame or two
+  can differ slightly between the two.
 
 Training and streaming must agree on which token goes with which model step; this module speaks in
 frames only, and the trainer maps frames to steps exactly as the front-end's generator does.
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 
 from kame.data.dataset import Record, read_records
+from kame.frontend.oracle_track import render_oracle_stream
 
 PAD = 3  # moshi's existing_text_padding_id
 END_OF_PAD = 0
@@ -90,22 +95,20 @@ def oracle_stream(
     augment: OracleAugment | None = None,
     rng: random.Random | None = None,
 ) -> list[int]:
-    """The per-frame oracle tokens of a record's events ({frame, text}), later events overwriting."""
+    """The per-frame oracle tokens of a record's events ({frame, text}), later events overwriting.
+
+    The stream is built by the inference rule itself (``render_oracle_stream``), frame-aligned with the
+    Mimi codes; ``OracleLMModel.forward`` feeds frame ``f``'s token at position ``f + 1``, where the model
+    has just heard frame ``f``, as a live session feeds an event of input frame ``f`` at step ``f``.
+    """
     ordered = sorted(events, key=lambda e: int(e["frame"]))
     if augment is not None:
         rng = rng or random.Random()
         if augment.skip_probability is not None and len(ordered) > 1:
             p = rng.uniform(*augment.skip_probability)
             ordered = [e for e in ordered[:-1] if rng.random() >= p] + [ordered[-1]]
-    stream = [pad] * frames
-    for event in ordered:
-        frame = int(event["frame"])
-        if not 0 <= frame < frames:
-            continue
-        tokens = [start_token, *tokenizer.encode(str(event["text"]))]
-        stream[frame:] = [pad] * (frames - frame)
-        for k, token in enumerate(tokens[: frames - frame]):
-            stream[frame + k] = token
+    timed = [(int(event["frame"]), str(event["text"])) for event in ordered]
+    stream = render_oracle_stream(timed, frames, tokenizer, start_token, pad)
     if augment is not None:
         stream = _shift(stream, augment, rng or random.Random(), pad)
     return stream

@@ -3,6 +3,11 @@
 One call advances every session that brought a frame of user audio (1920 samples at 24 kHz) by one
 80 ms step; sessions without a frame stand still (moshi's exec mask), so sessions join, leave and stall
 independently. Not thread-safe: the frame scheduler owns it on its own thread.
+
+Session start, as Moshi's and the released KAME servers do it: a session's first frame is encoded, then
+its Mimi streaming state is reset, so that frame 1 is encoded with fresh left padding (the first
+encoded frame carries the encoder's padding; its codes are only read as step 0's input, where every
+stream takes its initial token anyway).
 """
 
 from __future__ import annotations
@@ -12,13 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kame.frames import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from kame.frontend.checkpoint import Frontend
 from kame.frontend.compile import compile_policy
 from kame.frontend.generator import OracleGenerator, SamplingConfig, StepResult
 
-SAMPLE_RATE = 24000
-FRAME_RATE = 12.5
-FRAME_SIZE = 1920
+__all__ = ["FRAME_RATE", "FRAME_SIZE", "SAMPLE_RATE", "FrameOutput", "FrontendEngine"]
 
 
 @dataclass
@@ -33,7 +37,11 @@ class FrontendEngine:
     """Batched Mimi + oracle LM over ``max_sessions`` slots."""
 
     def __init__(
-        self, frontend: Frontend, max_sessions: int = 1, sampling: SamplingConfig | None = None
+        self,
+        frontend: Frontend,
+        max_sessions: int = 1,
+        sampling: SamplingConfig | None = None,
+        oracle_stream: bool = True,
     ) -> None:
         self.frontend = frontend
         self.mimi = frontend.mimi
@@ -44,9 +52,12 @@ class FrontendEngine:
             )
         self.max_sessions = max_sessions
         self.device = frontend.device
-        self.generator = OracleGenerator(frontend.lm, frontend.tokenizer, max_sessions, sampling)
+        self.generator = OracleGenerator(
+            frontend.lm, frontend.tokenizer, max_sessions, sampling, oracle_stream=oracle_stream
+        )
         self._mimi_streaming = self.mimi.streaming(max_sessions)
         self._mimi_mask: torch.Tensor | None = None
+        self._first_frame_pending: set[int] = set()  # slots whose first frame is not encoded yet
 
     def close(self) -> None:
         """Leave streaming mode so that the models can serve another engine."""
@@ -63,16 +74,18 @@ class FrontendEngine:
 
     def join(self) -> int:
         slot = self.generator.join()
-        self._reset_mimi(slot)
+        self._reset_mimi([slot])
+        self._first_frame_pending.add(slot)
         return slot
 
     def leave(self, slot: int) -> None:
         self.generator.leave(slot)
-        self._reset_mimi(slot)
+        self._reset_mimi([slot])
+        self._first_frame_pending.discard(slot)
 
-    def _reset_mimi(self, slot: int) -> None:
+    def _reset_mimi(self, slots: list[int]) -> None:
         mask = torch.zeros(self.max_sessions, dtype=torch.bool, device=self.device)
-        mask[slot] = True
+        mask[slots] = True
         self.mimi.reset_streaming(mask)
         self._mimi_mask = None
 
@@ -96,6 +109,10 @@ class FrontendEngine:
         self._set_mimi_mask(mask)
         with compile_policy(self.device):
             codes = self.mimi.encode(torch.from_numpy(batch).to(self.device))  # [B, 8, 1]
+        first = [slot for slot in pcm if slot in self._first_frame_pending]
+        if first:  # nothing of these slots was decoded yet, so resetting all their Mimi state is exact
+            self._reset_mimi(first)
+            self._first_frame_pending.difference_update(first)
         results = self.generator.step_batch(codes, list(pcm))
         decode_slots = [r.slot for r in results if r.audio is not None]
         pcm_out: dict[int, np.ndarray] = {}

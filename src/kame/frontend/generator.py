@@ -3,17 +3,24 @@
 ``OracleLMGen`` is moshi's ``LMGen`` whose model also reads this step's oracle tokens from a persistent
 device buffer (so it works inside moshi's CUDA graphs). ``OracleGenerator`` manages the batch: sessions
 take a slot, join and leave while others keep running (moshi's reset-by-mask and exec mask), and each
-slot has its own step counter and oracle track.
+slot has its own state (step counter and oracle track).
 
 Step timing: a session's step ``s`` consumes its user-audio codes of step ``s`` and the oracle token
-scheduled at ``s`` (step 0 feeds every stream its initial token, and no oracle). It returns nothing at
-step 0 and, from step 1 on, the text token of step ``s - 1`` with the audio tokens of step ``s``
-(moshi's one-step acoustic delay).
+scheduled at ``s``. As in the released KAME streaming, that is the text pad token on every step without
+an oracle token, step 0 included, and the start-of-oracle token at step 0 when a reset comes before the
+first step. The step returns nothing at step 0 and, from step 1 on, the text token of step ``s - 1`` with
+the audio tokens of step ``s`` (moshi's one-step acoustic delay).
+
+With the oracle stream off (``oracle_stream=False``) every step feeds -1, whose embedding is zero: the
+model then computes exactly what stock Moshi computes. That is the default for plain Moshi weights when
+nothing feeds oracles (``default_oracle_stream``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from moshi.models.lm import LMGen
@@ -23,36 +30,71 @@ from kame.frontend.model import ORACLE_ZERO, OracleLMModel
 from kame.frontend.oracle_track import OracleTrack, SessionOracle, StreamingTextTokenizer, Tokenizer
 
 
+class SamplingConfigError(ValueError):
+    """An ``lm_gen_config`` key that moshi's ``LMGen`` does not take."""
+
+
+# LMGen's own arguments that a checkpoint's lm_gen_config may set (everything but the model).
+LMGEN_KEYS = tuple(
+    name for name in inspect.signature(LMGen.__init__).parameters if name not in ("self", "lm_model")
+)
+_SAMPLING_KEYS = {"use_sampling": "greedy", "temp": "temp", "temp_text": "temp_text", "top_k": "top_k"}
+_SAMPLING_KEYS["top_k_text"] = "top_k_text"
+
+
 @dataclass
 class SamplingConfig:
-    """Moshi's sampling defaults; ``greedy`` makes a run deterministic."""
+    """Moshi's sampling defaults; ``greedy`` makes a run deterministic; ``extra``: other LMGen settings."""
 
     greedy: bool = False
     temp: float = 0.8
     top_k: int = 250
     temp_text: float = 0.7
     top_k_text: int = 25
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. cfg_coef, as the checkpoint gives them
 
     @classmethod
     def merged(cls, lm_gen_config: dict, **overrides) -> SamplingConfig:
-        """Defaults, then a checkpoint's ``lm_gen_config`` (moshi's key names), then non-None overrides."""
-        names = {"use_sampling": "greedy", "temp": "temp", "temp_text": "temp_text", "top_k": "top_k"}
-        names["top_k_text"] = "top_k_text"
-        values: dict = {}
+        """Defaults, then a checkpoint's whole ``lm_gen_config`` (moshi's key names), then non-None overrides.
+
+        Every key moshi's ``LMGen`` accepts is passed on, as the released server does; an unknown key is an
+        error that names it.
+        """
+        unknown = sorted(key for key in lm_gen_config if key not in LMGEN_KEYS)
+        if unknown:
+            raise SamplingConfigError(
+                f"lm_gen_config has keys moshi's LMGen does not accept: {', '.join(unknown)}. "
+                f"Accepted: {', '.join(LMGEN_KEYS)}. Fix or remove them in the checkpoint's config.json."
+            )
+        values: dict[str, Any] = {"extra": {}}
         for key, value in lm_gen_config.items():
-            if key in names:
-                values[names[key]] = (not value) if key == "use_sampling" else value
+            if key in _SAMPLING_KEYS:
+                values[_SAMPLING_KEYS[key]] = (not value) if key == "use_sampling" else value
+            elif key == "support_out_of_sync":
+                continue  # the batched generator always needs it (sessions step out of sync)
+            else:
+                values["extra"][key] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def lmgen_kwargs(self) -> dict:
         return {
+            **self.extra,
             "use_sampling": not self.greedy,
             "temp": self.temp,
             "top_k": self.top_k,
             "temp_text": self.temp_text,
             "top_k_text": self.top_k_text,
         }
+
+
+def default_oracle_stream(frontend_has_trained_oracle: bool, has_oracle_source: bool) -> bool:
+    """Whether to feed the oracle stream: always with an oracle source or trained weights.
+
+    Plain Moshi weights (``oracle_emb`` only copied from ``text_emb``) with nothing feeding oracles run with
+    the stream off, so they reproduce stock Moshi bit for bit.
+    """
+    return has_oracle_source or frontend_has_trained_oracle
 
 
 class OracleLMGen(LMGen):
@@ -101,8 +143,24 @@ class SlotsFullError(RuntimeError):
     """Every slot of the batch is taken."""
 
 
+@dataclass
+class SlotState:
+    """One slot's streaming state beside the model's: its session, step counter and oracle."""
+
+    oracle: SessionOracle
+    active: bool = False
+    step: int = 0
+
+    def reset(self) -> None:
+        self.step = 0
+        self.oracle.clear()
+
+
 class OracleGenerator:
-    """The front-end LM over ``max_sessions`` slots; not thread-safe (one stepping thread owns it)."""
+    """The front-end LM over ``max_sessions`` slots; not thread-safe (one stepping thread owns it).
+
+    ``oracle_stream=False`` feeds -1 (a zero embedding) on every step: stock Moshi, bit for bit.
+    """
 
     def __init__(
         self,
@@ -110,6 +168,7 @@ class OracleGenerator:
         tokenizer: Tokenizer | None,
         max_sessions: int = 1,
         sampling: SamplingConfig | None = None,
+        oracle_stream: bool = True,
     ) -> None:
         if max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
@@ -117,13 +176,12 @@ class OracleGenerator:
         self.tokenizer = tokenizer
         self.max_sessions = max_sessions
         self.sampling = sampling or SamplingConfig()
+        self.oracle_stream = oracle_stream
         self.lm_gen = OracleLMGen(lm, **self.sampling.lmgen_kwargs())
         self._streaming = self.lm_gen.streaming(max_sessions)
         self.device = lm.device
         self.user_codebooks = lm.num_codebooks - lm.dep_q - 1
-        self._active = [False] * max_sessions
-        self._steps = [0] * max_sessions
-        self._oracles = [self._new_oracle() for _ in range(max_sessions)]
+        self._slots = [SlotState(self._new_oracle()) for _ in range(max_sessions)]
         self._exec_key: tuple[int, ...] | None = None  # slots the streaming exec mask holds, if known
 
     def _new_oracle(self) -> SessionOracle:
@@ -144,61 +202,72 @@ class OracleGenerator:
 
     def join(self) -> int:
         """Give a new session a clean slot (fresh KV cache, step 0, empty oracle)."""
-        for slot, active in enumerate(self._active):
-            if not active:
+        for slot, state in enumerate(self._slots):
+            if not state.active:
                 self._reset_slot(slot)
-                self._active[slot] = True
+                state.active = True
                 return slot
         raise SlotsFullError(f"all {self.max_sessions} front-end slots are in use")
 
     def leave(self, slot: int) -> None:
         """End a session: its slot is wiped so nothing of it reaches the next session."""
-        self._check(slot)
+        self._slot(slot)
         self._reset_slot(slot)
-        self._active[slot] = False
+        self._slots[slot].active = False
 
     def _reset_slot(self, slot: int) -> None:
         mask = torch.zeros(self.max_sessions, dtype=torch.bool)
         mask[slot] = True
         self.lm_gen.reset_streaming(mask.to(self.device))
         self._exec_key = None  # a reset turns the slot's exec mask on
-        self._steps[slot] = 0
-        self._oracles[slot].clear()
+        self._slots[slot].reset()
 
     def step_of(self, slot: int) -> int:
         """The index of the slot's next step."""
-        return self._steps[slot]
+        return self._slot(slot).step
 
-    def _check(self, slot: int) -> None:
-        if not (0 <= slot < self.max_sessions) or not self._active[slot]:
+    def _slot(self, slot: int) -> SlotState:
+        if not (0 <= slot < self.max_sessions) or not self._slots[slot].active:
             raise KeyError(f"slot {slot} has no session")
+        return self._slots[slot]
 
     # -- oracle -----------------------------------------------------------------------------------
 
+    def apply_oracle(self, slot: int, kind: str, text: str = "") -> int:
+        """Apply an oracle operation (``reset``, ``append``, ``end``) before the slot's next step.
+
+        A reset puts the start token at that very step (step 0 included). Returns how many tokens came
+        too late for their step and were skipped. With the oracle stream off, operations are refused.
+        """
+        state = self._slot(slot)
+        if not self.oracle_stream:
+            raise RuntimeError(
+                "this front-end runs with the oracle stream off (stock Moshi); "
+                "start it with the oracle stream on to feed oracles"
+            )
+        return state.oracle.apply(kind, text, state.step)
+
     def oracle_reset(self, slot: int) -> None:
-        """Start a new oracle at the slot's next step (step 1 at the earliest: step 0 takes no oracle)."""
-        self._check(slot)
-        self._oracles[slot].reset(max(1, self._steps[slot]))
+        """Start a new oracle at the slot's next step."""
+        self.apply_oracle(slot, "reset")
 
     def oracle_append_text(self, slot: int, text: str) -> int:
         """Append oracle text; returns how many of its tokens were too late and skipped."""
-        self._check(slot)
-        return self._oracles[slot].append_text(text, self._steps[slot])
+        return self.apply_oracle(slot, "append", text)
 
     def oracle_append_ids(self, slot: int, token_ids: list[int]) -> int:
-        self._check(slot)
-        return self._oracles[slot].track.append(list(token_ids), self._steps[slot])
+        state = self._slot(slot)
+        return state.oracle.track.append(list(token_ids), state.step)
 
     def oracle_end(self, slot: int) -> int:
         """The current oracle's text is complete (its last word is no longer held back)."""
-        self._check(slot)
-        return self._oracles[slot].end(self._steps[slot])
+        return self.apply_oracle(slot, "end")
 
     def oracle_text(self, slot: int) -> str:
-        return self._oracles[slot].text
+        return self._slots[slot].oracle.text
 
     def oracle_skipped(self, slot: int) -> int:
-        return self._oracles[slot].track.skipped
+        return self._slots[slot].oracle.track.skipped
 
     # -- stepping ---------------------------------------------------------------------------------
 
@@ -208,18 +277,16 @@ class OracleGenerator:
             return []
         codes = torch.zeros(self.max_sessions, self.user_codebooks, 1, dtype=torch.long)
         for slot, slot_codes in user_codes.items():
-            self._check(slot)
+            self._slot(slot)
             codes[slot, :, 0] = slot_codes.view(-1)[: self.user_codebooks]
         return self.step_batch(codes, list(user_codes))
 
     def step_batch(self, codes: torch.Tensor, slots: list[int]) -> list[StepResult]:
         """Step ``slots`` with their rows of ``codes`` (``[max_sessions, 8, 1]``, on any device)."""
-        for slot in slots:
-            self._check(slot)
+        states = {slot: self._slot(slot) for slot in slots}
         oracle = [self.lm.oracle_pad_token_id] * self.max_sessions
-        for slot in slots:
-            step = self._steps[slot]
-            oracle[slot] = self._oracles[slot].track.token_at(step) if step > 0 else ORACLE_ZERO
+        for slot, state in states.items():
+            oracle[slot] = state.oracle.token_at(state.step) if self.oracle_stream else ORACLE_ZERO
         key = tuple(sorted(slots))
         if key != self._exec_key:
             mask = torch.zeros(self.max_sessions, dtype=torch.bool)
@@ -229,13 +296,14 @@ class OracleGenerator:
         self.lm_gen.set_oracle(torch.tensor(oracle, dtype=torch.long))
         with compile_policy(self.device):
             out = self.lm_gen.step(codes[:, : self.user_codebooks].to(self.device))
-        assert out is not None  # support_out_of_sync: always a tensor, -2 where nothing was generated
+        if out is None:  # support_out_of_sync makes LMGen always return a tensor (-2: nothing yet)
+            raise RuntimeError("LMGen returned no tokens; it must run with support_out_of_sync=True")
         rows = out[:, :, 0].tolist()  # one device-to-host copy for the whole batch
         users = codes[:, : self.user_codebooks, 0].tolist()
         results = []
-        for slot in slots:
-            step = self._steps[slot]
-            self._steps[slot] = step + 1
+        for slot, state in states.items():
+            step = state.step
+            state.step = step + 1
             row = rows[slot]
             generated = step >= 1 and min(row) >= 0
             results.append(

@@ -14,17 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kame.frames import FRAME_SIZE, frames_for, place_reply
 from kame.frontend.checkpoint import Frontend
-from kame.frontend.engine import FRAME_SIZE, FrontendEngine
-from kame.frontend.generator import SamplingConfig
-from kame.frontend.oracle_script import OracleOp
+from kame.frontend.engine import FrontendEngine
+from kame.frontend.generator import SamplingConfig, default_oracle_stream
+from kame.frontend.oracle_script import OracleOp, completes_oracle
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class InferenceResult:
-    audio: np.ndarray  # the assistant's 24 kHz audio, one frame per input frame
+    audio: np.ndarray  # the assistant's 24 kHz audio on the input's clock (kame.frames.place_reply)
     frames: list[dict] = field(default_factory=list)  # TOKENS.json entries
     text: str = ""  # the assistant's inner-monologue text
     skipped_oracle_tokens: int = 0
@@ -39,48 +40,53 @@ def run_inference(
     script: list[OracleOp],
     sampling: SamplingConfig | None = None,
     seed: int | None = None,
+    oracle_stream: bool | None = None,
 ) -> InferenceResult:
-    """Step the front-end over ``user_audio`` (24 kHz mono), applying ``script`` at frame boundaries."""
+    """Step the front-end over ``user_audio`` (24 kHz mono), applying ``script`` at frame boundaries.
+
+    The last partial frame is padded with silence. ``oracle_stream=None`` chooses by
+    ``default_oracle_stream``: off (stock Moshi) only for plain Moshi weights with an empty script.
+    """
     if seed is not None:
         torch.manual_seed(seed)
-    frames = max(1, -(-len(user_audio) // FRAME_SIZE))
+    if oracle_stream is None:
+        oracle_stream = default_oracle_stream(not frontend.upgraded_from_moshi, bool(script))
+    frames = max(1, frames_for(len(user_audio)))
     padded = np.zeros(frames * FRAME_SIZE, dtype=np.float32)
     padded[: len(user_audio)] = user_audio
     late_ops = [op for op in script if op.frame >= frames]
     if late_ops:
         logger.warning("%d oracle operations come after the audio ends and are not applied", len(late_ops))
-    with FrontendEngine(frontend, max_sessions=1, sampling=sampling) as engine:
-        return _run(engine, frontend, padded, frames, script)
+    with FrontendEngine(frontend, max_sessions=1, sampling=sampling, oracle_stream=oracle_stream) as engine:
+        return _run(engine, frontend, padded, len(user_audio), script)
 
 
 def _run(
-    engine: FrontendEngine, frontend: Frontend, padded: np.ndarray, frames: int, script: list[OracleOp]
+    engine: FrontendEngine, frontend: Frontend, padded: np.ndarray, input_samples: int, script: list[OracleOp]
 ) -> InferenceResult:
     slot = engine.join()
     gen = engine.generator
-    pending = [op for op in script if op.frame < frames]
-    out_audio = np.zeros_like(padded)
-    result = InferenceResult(out_audio)
+    frames = len(padded) // FRAME_SIZE
+    complete = completes_oracle(script)  # a script's oracle text is complete after its last operation
+    pending = [(op, done) for op, done in zip(script, complete, strict=True) if op.frame < frames]
+    step_audio: list[np.ndarray] = []
+    result = InferenceResult(np.zeros(0, dtype=np.float32))
     pieces: list[int] = []
     for frame in range(frames):
-        while pending and pending[0].frame <= frame:
-            op = pending.pop(0)
-            if op.op == "reset":
-                gen.oracle_reset(slot)
-                if op.text:
-                    gen.oracle_append_text(slot, op.text)
-            elif op.op == "append":
-                gen.oracle_append_text(slot, op.text)
-            else:
-                gen.oracle_end(slot)
+        while pending and pending[0][0].frame <= frame:
+            op, done = pending.pop(0)
+            gen.apply_oracle(slot, op.op, op.text)
+            if done and op.op != "end":
+                gen.apply_oracle(slot, "end")
         (output,) = engine.step({slot: padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE]})
         r = output.result
-        out_audio[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE] = output.pcm
+        step_audio.append(output.pcm)
         result.frames.append(
             {"frame": r.step, "user": r.user, "oracle": r.oracle, "text": r.text, "audio": r.audio}
         )
         if r.text is not None:
             pieces.append(r.text)
+    result.audio = place_reply(step_audio, input_samples)
     result.skipped_oracle_tokens = gen.oracle_skipped(slot)
     if frontend.tokenizer is not None:
         words = [

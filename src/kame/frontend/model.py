@@ -5,9 +5,21 @@ the last one being the start-of-oracle token) whose embedding is added to the te
 step. Index -1 is moshi's "zero token" and embeds to a zero vector, so a model fed only -1 oracles
 computes exactly what plain Moshi computes.
 
-Alignment (the same in training and streaming): ``oracle[:, t]`` is fed at the position that also
-receives text frame ``t`` and user-audio frame ``t``, i.e. model position ``t + 1``. Position 0, where every
-stream gets its initial token, gets no oracle (index -1). In streaming that is ``LMGen`` step ``t + 1``.
+Alignment, one convention for training and streaming (REFERENCE section 7 and 8):
+
+- Training: ``oracle[:, f]`` is data frame ``f``'s oracle token (the same index as ``codes[..., f]``). It
+  is fed at model position ``f + 1``, the first position that has heard audio frame ``f`` (position
+  ``p`` takes frame ``p - 1`` as input and predicts text frame ``p``).
+- Streaming: step ``s`` is position ``s``. moshi never reads the codes given at step 0 and the servers
+  reset Mimi after the first frame, so step ``s`` has heard input frame ``s``. An event during input
+  frame ``s`` is applied before step ``s``: in both, an oracle is fed where the model has just heard the
+  audio it was made from.
+- Position/step 0: the text pad id (3), which the released KAME streaming feeds on every step without
+  an oracle token, step 0 included (a reset queued before the first step puts the start token there;
+  data events always land at position 1 or later). The released *training* forward put the text
+  initial token at position 0 instead, disagreeing with its own streaming; we follow the streaming,
+  which is what a deployed model sees.
+- A row of all ``-1`` is the oracle-off mode: ``-1`` at position 0 too, so it computes stock Moshi.
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ class OracleLMModel(LMModel):
         condition_tensors=None,
         oracle: torch.Tensor | None = None,
     ) -> LMOutput:
-        """Teacher-forced forward pass; ``oracle`` is ``[B, T]`` aligned with ``codes``' frames."""
+        """Teacher-forced forward pass; ``oracle`` is ``[B, T]``, frame-aligned with ``codes``."""
         with compile_policy(codes.device):
             return self._forward(codes, condition_tensors, oracle)
 
@@ -74,10 +86,11 @@ class OracleLMModel(LMModel):
                 f"oracle must be [B, T] = [{B}, {T}] beside codes of shape {tuple(codes.shape)}, "
                 f"got {tuple(oracle.shape)}"
             )
-        initial = torch.full((B, 1), ORACLE_ZERO, dtype=torch.long, device=oracle.device)
-        # Position p sees frame p - 1; the last frame's oracle is never an input.
-        positional = torch.cat([initial, oracle.long()], dim=1)[:, :T]
-        self._teacher_forced_oracle = positional
+        oracle = oracle.long()
+        oracle_off = (oracle == ORACLE_ZERO).all(dim=1, keepdim=True)
+        first = torch.where(oracle_off, ORACLE_ZERO, self.oracle_pad_token_id)
+        # Position p is fed frame p - 1's oracle; the last frame's oracle is never an input.
+        self._teacher_forced_oracle = torch.cat([first, oracle[:, : T - 1]], dim=1)
         try:
             return super().forward(codes, condition_tensors)
         finally:

@@ -1,8 +1,10 @@
 """Oracle scripts: a timed list of oracle operations for offline runs.
 
 One JSON object per line: ``{"time": seconds, "op": "reset" | "append" | "end", "text": "..."}``.
-An operation at ``time`` is applied before the step of frame ``floor(time * 12.5)``. ``end`` marks the
-oracle's text as complete, releasing its held-back last word (see ``oracle_track``).
+An operation at ``time`` is applied before the step of frame ``floor(time * 12.5)``; a reset at time 0
+puts the start token at step 0. A script's oracle text is complete after its last operation (before the
+next reset, or at the end of the script), so its last word is always fed; ``end`` stays valid but is
+never needed (see ``oracle_track``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from kame.frames import frame_of
+from kame.frontend.oracle_track import ORACLE_OPS
 from kame.jsonl import json_objects
 
-FRAME_RATE = 12.5
-OPS = ("reset", "append", "end")
+OPS = ORACLE_OPS
 
 
 class OracleScriptError(ValueError):
@@ -29,7 +32,12 @@ class OracleOp:
 
     @property
     def frame(self) -> int:
-        return math.floor(self.time * FRAME_RATE + 1e-9)
+        return frame_of(self.time)
+
+
+def completes_oracle(ops: list[OracleOp]) -> list[bool]:
+    """For each operation of an ordered script: is it its oracle's last one (the text is then complete)?"""
+    return [index + 1 == len(ops) or ops[index + 1].op == "reset" for index in range(len(ops))]
 
 
 def parse_oracle_script(lines: list[str], source: str = "<script>") -> list[OracleOp]:

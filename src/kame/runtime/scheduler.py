@@ -32,7 +32,7 @@ import numpy as np
 
 from kame.backend.oracle_events import OracleEvent
 from kame.frontend.engine import FRAME_SIZE, FrontendEngine
-from kame.frontend.generator import SamplingConfig, StepResult
+from kame.frontend.generator import SamplingConfig, StepResult, default_oracle_stream
 from kame.runtime.words import AssistantWords
 
 logger = logging.getLogger(__name__)
@@ -190,13 +190,7 @@ class FrameClock:
         if state is None:
             return
         gen = self.engine.generator
-        if event.kind == "reset":
-            gen.oracle_reset(slot)
-            late = gen.oracle_append_text(slot, event.text) if event.text else 0
-        elif event.kind == "append":
-            late = gen.oracle_append_text(slot, event.text)
-        else:
-            late = gen.oracle_end(slot)
+        late = gen.apply_oracle(slot, event.kind, event.text)
         state.applied.append(AppliedOracle(event.kind, event.stream_id, event.t, gen.step_of(slot), late))
 
     @property
@@ -392,6 +386,8 @@ class FrontendProcessSpec:
     nice: int | None = -10
     warm_up_frames: int = 6
     threads: int | None = None  # torch CPU threads in the child; None: as many as this process uses
+    oracle_stream: str = "auto"  # --oracle-stream: auto, on or off
+    has_oracle_source: bool = True  # sessions have a back-end feeding oracles
 
 
 class ProcessStepper:
@@ -540,7 +536,13 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
             torch.manual_seed(spec.seed)
         frontend = load_frontend(spec.frontend, device=spec.device, lora_weights=spec.lora)
         sampling = SamplingConfig.merged(frontend.lm_gen_config, **spec.sampling)
-        engine = FrontendEngine(frontend, max_sessions=spec.max_sessions, sampling=sampling)
+        oracle_stream = spec.oracle_stream == "on" or (
+            spec.oracle_stream == "auto"
+            and default_oracle_stream(not frontend.upgraded_from_moshi, spec.has_oracle_source)
+        )
+        engine = FrontendEngine(
+            frontend, max_sessions=spec.max_sessions, sampling=sampling, oracle_stream=oracle_stream
+        )
         warm_up(engine, spec.warm_up_frames)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

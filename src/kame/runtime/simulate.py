@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.frames import FRAME_SIZE, place_reply
+from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FRAME_S, FrameStepper
 from kame.runtime.session import Session
@@ -63,8 +64,8 @@ class SimulationConfig:
 
 @dataclass
 class SimulationResult:
-    audio: np.ndarray  # the assistant's 24 kHz audio, frame-aligned with the user's
-    user_audio: np.ndarray  # the user's audio, padded with the silence that followed it
+    audio: np.ndarray  # the assistant's 24 kHz audio on the user's clock (kame.frames.place_reply)
+    user_audio: np.ndarray  # the user's audio and the silence that followed it, as long as ``audio``
     events: list[Event]
     frames: int
     metrics: dict
@@ -123,9 +124,10 @@ async def simulate(
                 break
     finally:
         await session.close("simulation ended")
-    audio = np.concatenate(session.audio_out) if session.audio_out else np.zeros(0, np.float32)
-    user = np.zeros(frame * FRAME_SIZE, dtype=np.float32)
-    user[: min(len(padded), len(user))] = padded[: len(user)]
+    audio = place_reply(session.audio_out, frame * FRAME_SIZE)  # one frame past the last input frame
+    user = np.zeros(len(audio), dtype=np.float32)
+    heard = min(len(padded), frame * FRAME_SIZE)
+    user[:heard] = padded[:heard]
     return SimulationResult(audio, user, session.timeline.events, frame, session.metrics.snapshot())
 
 
