@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("checkpoint", "infer", "serve", "simulate", "demo", "oracle", "data")
+COMMANDS = ("checkpoint", "infer", "serve", "simulate", "demo", "oracle", "data", "train")
 
 
 class UserError(Exception):

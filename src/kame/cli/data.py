@@ -53,6 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--record", help="the record whose timeline to print (default: the first)")
     inspect.set_defaults(func=_inspect)
 
+    encode = actions.add_parser(
+        "encode", help="cache a dataset's Mimi codes for a front-end (training fills what is missing)"
+    )
+    encode.add_argument("folder", nargs="+", help="dataset folder(s)")
+    encode.add_argument("--frontend", required=True, help="checkpoint folder, hf://owner/name, or tiny")
+    encode.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    encode.set_defaults(func=_encode)
+
 
 def _parse_shard(text: str) -> tuple[int, int]:
     part, slash, parts = text.partition("/")
@@ -93,6 +101,32 @@ def _build(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     print(json.dumps(summary, indent=2))
     return 0 if summary["written"] or summary["already_done"] else 1
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import torch
+
+    from kame.data.dataset import CODES_FOLDER
+    from kame.data.frames import FrameLoader
+    from kame.frontend.checkpoint import CheckpointError, load_frontend
+    from kame.train.data import DataError, check_frontend, encode_records
+
+    torch.set_grad_enabled(False)
+    try:
+        frontend = load_frontend(args.frontend, device=args.device)
+        check_frontend(frontend)
+        loader = FrameLoader(frontend)
+        for folder in args.folder:
+            loader.cache = Path(folder) / CODES_FOLDER
+            encoded, cached = encode_records(folder, loader)
+            if not encoded + cached:
+                raise UserError(f"{folder}: the dataset holds no complete records")
+            print(
+                f"{folder}: {encoded} encoded, {cached} already cached ({loader.cache}, Mimi {loader.fingerprint()})"
+            )
+    except (CheckpointError, DataError) as exc:
+        raise UserError(str(exc)) from exc
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ Layout of a dataset folder::
                                   is BLOCK; order inside a shard is completion order
     failures.jsonl                one line per record that failed: id, index, stage, reason
     summary.json                  totals of the last build run
+    mimi-codes/                   cached Mimi codes, ID.FINGERPRINT.npz (``kame data encode``, training)
 
 Each record is three members sharing a key (the record id): ``ID.user.flac`` and ``ID.assistant.flac``
 (24 kHz mono, 16-bit FLAC, equal lengths, a whole number of 80 ms frames) and ``ID.json`` last. The json
@@ -37,6 +38,7 @@ import numpy as np
 import soundfile as sf
 
 SCHEMA = "kame-dialogue/1"
+CODES_FOLDER = "mimi-codes"  # the Mimi code cache inside a dataset folder
 CHANNELS = ("user", "assistant")
 SHARD_RE = re.compile(r"^part(\d+)of(\d+)-(\d{5})\.tar$")
 BLOCK = 512  # tar block size

@@ -182,8 +182,13 @@ class FrameLoader:
             wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)[None, None]
             return mimi.encode(wav)[0].long().cpu()
 
+    def cache_path(self, record_id: str) -> Path:
+        if self.cache is None:
+            raise ValueError("this loader has no cache folder")
+        return self.cache / f"{record_id}.{self.fingerprint()}.npz"
+
     def codes(self, record: Record) -> tuple[torch.Tensor, torch.Tensor]:
-        path = self.cache / f"{record.id}.{self.fingerprint()}.npz" if self.cache else None
+        path = self.cache_path(record.id) if self.cache else None
         if path is not None and path.is_file():
             with np.load(path) as stored:
                 return torch.from_numpy(stored["assistant"]), torch.from_numpy(stored["user"])

@@ -1,0 +1,152 @@
+"""Samples and batches: random crops and Simulated Oracle Augmentation on top of the one oracle rule.
+
+The oracle stream of a sample is ``kame.data.frames.oracle_stream`` of the events it keeps (the rule
+inference uses), indexed by model position: ``oracle[p]`` is fed at the position that predicts text
+frame ``p``, exactly what ``OracleLMModel.forward(codes, oracle=...)`` takes. Augmentations:
+
+- **event dropping**: per sample, p ~ U(drop_events), and each event but the record's last one is
+  dropped with probability p (the released trainer's rule);
+- **back-end lag**: the whole stream is shifted *later* by k ~ U{oracle_lag} frames, as a live back-end
+  delivers an oracle after the moment it describes (measured median 0.63 s, about 8 frames);
+- **lead** (opt-in, ``oracle_lead``, off by default): the released trainer also shifted the stream
+  *earlier*, which shows the model oracle text before the words it was simulated from were heard.
+  When both are set, each sample picks one direction at random, as the released trainer did.
+
+Every random choice of a sample comes from a generator seeded by (seed, epoch, record id), so neither
+the batch size nor the number of processes changes what a given sample sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kame.data.frames import PAD, oracle_stream
+from kame.train.data import TrainRecord
+
+ZERO = -1  # moshi's zero token: embeds to zero and masks the loss (frames past a record's end)
+
+
+@dataclass(frozen=True)
+class Augment:
+    drop_events: tuple[float, float] | None = (0.1, 0.7)
+    oracle_lag: tuple[int, int] | None = (3, 13)
+    oracle_lead: tuple[int, int] | None = None
+
+    @classmethod
+    def off(cls) -> Augment:
+        return cls(None, None, None)
+
+
+@dataclass
+class Sample:
+    record_id: str
+    start: int  # first frame of the crop in the record
+    frames: int  # real frames in the sample (the rest of seq_len is padding)
+    codes: torch.Tensor  # [1 + n_q, seq_len]: text, the assistant's codebooks, the user's
+    oracle: torch.Tensor  # [seq_len]
+    shift: int  # frames the oracle stream was moved (positive: later)
+    kept_events: int
+
+
+def sample_rng(seed: int, epoch: int, record_id: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}:{epoch}:{record_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def shift_stream(stream: list[int], shift: int, pad: int = PAD) -> list[int]:
+    """Move a stream later (``shift > 0``) or earlier, filling with pad."""
+    if shift > 0:
+        return [pad] * shift + stream[: len(stream) - shift]
+    if shift < 0:
+        return stream[-shift:] + [pad] * min(-shift, len(stream))
+    return list(stream)
+
+
+def augmented_oracle(
+    record: TrainRecord, tokenizer: Any, start_token: int, augment: Augment, rng: random.Random
+) -> tuple[list[int], int, int]:
+    """The record's oracle stream after dropping and shifting: (stream, shift, kept events)."""
+    events = list(record.events)
+    if augment.drop_events is not None and len(events) > 1:
+        p = rng.uniform(*augment.drop_events)
+        events = [e for e in events[:-1] if rng.random() >= p] + [events[-1]]
+    stream = oracle_stream(events, record.frames, tokenizer, start_token)
+    shifts = []
+    if augment.oracle_lag is not None:
+        shifts.append(rng.randint(*augment.oracle_lag))
+    if augment.oracle_lead is not None:
+        shifts.append(-rng.randint(*augment.oracle_lead))
+    shift = rng.choice(shifts) if shifts else 0
+    return shift_stream(stream, shift), shift, len(events)
+
+
+def make_sample(
+    record: TrainRecord,
+    seq_len: int,
+    tokenizer: Any,
+    start_token: int,
+    augment: Augment,
+    rng: random.Random | None,
+) -> Sample:
+    """One training sample: a random crop of ``seq_len`` frames, augmented.
+
+    ``rng=None`` gives the evaluation sample: the first ``seq_len`` frames, unaugmented.
+    """
+    if rng is None:
+        oracle, shift, kept = augmented_oracle(
+            record, tokenizer, start_token, Augment.off(), random.Random(0)
+        )
+        start = 0
+    else:
+        oracle, shift, kept = augmented_oracle(record, tokenizer, start_token, augment, rng)
+        start = rng.randint(0, record.frames - seq_len) if record.frames > seq_len else 0
+    end = min(start + seq_len, record.frames)
+    count = end - start
+    own, other = record.assistant_codes.shape[0], record.user_codes.shape[0]
+    codes = torch.full((1 + own + other, seq_len), ZERO, dtype=torch.long)
+    codes[0, :count] = record.text[start:end]
+    codes[1 : 1 + own, :count] = record.assistant_codes[:, start:end]
+    codes[1 + own :, :count] = record.user_codes[:, start:end]
+    stream = torch.full((seq_len,), ZERO, dtype=torch.long)
+    stream[:count] = torch.tensor(oracle[start:end], dtype=torch.long)
+    return Sample(record.id, start, count, codes, stream, shift, kept)
+
+
+def collate(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into ``codes [B, 1 + n_q, T]`` and ``oracle [B, T]``."""
+    return torch.stack([s.codes for s in samples]), torch.stack([s.oracle for s in samples])
+
+
+class SampleOrder:
+    """Which record the i-th sample of a run comes from: a fresh permutation every epoch.
+
+    Sample ``i`` belongs to epoch ``i // len(records)``; the global batch of step ``s`` is samples
+    ``[s * B, (s + 1) * B)``, and process ``rank`` of ``world_size`` takes every ``world_size``-th one.
+    """
+
+    def __init__(self, record_ids: Sequence[str], seed: int) -> None:
+        self.ids = list(record_ids)
+        self.seed = seed
+        self._orders: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            indices = list(range(len(self.ids)))
+            random.Random(f"order:{self.seed}:{epoch}").shuffle(indices)
+            self._orders = {epoch: indices}
+        return self._orders[epoch]
+
+    def at(self, index: int) -> tuple[int, int]:
+        """(epoch, record index) of sample ``index``."""
+        epoch, position = divmod(index, len(self.ids))
+        return epoch, self.order(epoch)[position]
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
+        first = step * batch_size
+        return [self.at(first + j) for j in range(rank, batch_size, world_size)]

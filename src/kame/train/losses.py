@@ -1,0 +1,80 @@
+"""The training loss of REFERENCE.md section 3, from moshi's own ``LMOutput``.
+
+- Text: cross-entropy over the valid text positions, ``mean over non-pad + text_pad_weight x mean over
+  pad``. **Pad rule: only id 3 (moshi's ``existing_text_padding_id``) counts as pad**, as in the released
+  KAME trainer; the end-of-padding id 0 marks where a word starts, so it is weighted as a word token.
+  (Kyutai's moshi-finetune counts {0, 3} as pad.) A batch with no token of one kind leaves that mean out.
+- Audio: cross-entropy over the model's ``dep_q`` codebooks, a count-weighted mean in which the semantic
+  (first) codebook weighs ``semantic_weight`` and the acoustic ones ``acoustic_weight``.
+- ``loss = text_loss + audio_weight x audio_loss``.
+
+Masked positions of ``LMOutput`` are NaN (moshi fills them so): they are selected away with the mask,
+never multiplied by zero. Positions whose target is moshi's zero token (-1, past a record's end) are
+masked by moshi itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from moshi.models.lm import LMOutput
+
+TEXT_PAD = 3
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    text_pad_weight: float = 0.5
+    semantic_weight: float = 100.0
+    acoustic_weight: float = 1.0
+    audio_weight: float = 1.0
+
+
+@dataclass
+class Losses:
+    loss: torch.Tensor
+    text_loss: torch.Tensor
+    audio_loss: torch.Tensor
+
+
+def text_loss(
+    output: LMOutput, text: torch.Tensor, pad_weight: float, pad_id: int = TEXT_PAD
+) -> torch.Tensor:
+    """``text`` is ``[B, T]``, the targets (codes[:, 0])."""
+    mask = output.text_mask[:, 0]
+    logits = output.text_logits[:, 0][mask].float()
+    targets = text[mask]
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    is_pad = targets == pad_id
+    total = ce.new_zeros(())
+    if (~is_pad).any():
+        total = total + ce[~is_pad].mean()
+    if is_pad.any():
+        total = total + pad_weight * ce[is_pad].mean()
+    return total
+
+
+def audio_loss(
+    output: LMOutput, audio: torch.Tensor, semantic_weight: float, acoustic_weight: float
+) -> torch.Tensor:
+    """``audio`` is ``[B, dep_q, T]``, the model's own codebooks (the targets of ``output.logits``)."""
+    weighted, weight = output.logits.new_zeros((), dtype=torch.float32), 0.0
+    for k in range(output.logits.shape[1]):
+        mask = output.mask[:, k]
+        count = int(mask.sum())
+        if count == 0:
+            continue
+        ce = F.cross_entropy(output.logits[:, k][mask].float(), audio[:, k][mask], reduction="sum")
+        w = semantic_weight if k == 0 else acoustic_weight
+        weighted = weighted + w * ce
+        weight += w * count
+    return weighted / weight if weight else weighted
+
+
+def compute_losses(output: LMOutput, codes: torch.Tensor, dep_q: int, weights: LossWeights) -> Losses:
+    """Losses of a batch; ``codes`` is the ``[B, 1 + n_q, T]`` tensor given to the model."""
+    text = text_loss(output, codes[:, 0], weights.text_pad_weight)
+    audio = audio_loss(output, codes[:, 1 : 1 + dep_q], weights.semantic_weight, weights.acoustic_weight)
+    return Losses(text + weights.audio_weight * audio, text, audio)
