@@ -121,9 +121,8 @@ def _encode(args: argparse.Namespace) -> int:
             encoded, cached = encode_records(folder, loader)
             if not encoded + cached:
                 raise UserError(f"{folder}: the dataset holds no complete records")
-            print(
-                f"{folder}: {encoded} encoded, {cached} already cached ({loader.cache}, Mimi {loader.fingerprint()})"
-            )
+            where = f"{loader.cache}, Mimi {loader.fingerprint()}"
+            print(f"{folder}: {encoded} encoded, {cached} already cached ({where})")
     except (CheckpointError, DataError) as exc:
         raise UserError(str(exc)) from exc
     return 0

@@ -169,7 +169,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must hold a mapping of settings (key: value)")
-    return {str(k).replace("-", "_"): v for k, v in raw.items()}
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name in settings:
+            raise ConfigError(f"{path}: {key!r} is set twice (as {name} and {name.replace('_', '-')})")
+        settings[name] = value
+    return settings
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:

@@ -118,7 +118,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.folder = RunFolder(config)
-        self.folder.claim()
+        self.folder.check()
         self.initial = load_initial(config.init, self.device, config.seed)
         self.frontend = self.initial.frontend
         self.model = self.frontend.lm
@@ -133,6 +133,7 @@ class Trainer:
                 config.eval_data, self.frontend, encode_missing=config.encode_missing,
                 limit=config.eval_records, progress=echo,
             )  # fmt: skip
+        self.folder.claim()
         self.order = SampleOrder([r.id for r in self.records], config.seed)
         self.augment = Augment(config.drop_events, config.oracle_lag, config.oracle_lead)
         self.weights = LossWeights(

@@ -65,8 +65,8 @@ class RunFolder:
         self.states = self.out / STATE_DIR
         self.metrics = self.out / METRICS_NAME
 
-    def claim(self) -> None:
-        """Create OUT or check that it holds this run; refuse another run's state or a foreign folder."""
+    def check(self) -> bool:
+        """Whether OUT already holds this run; refuse another run's state or a foreign folder."""
         run_file = self.out / RUN_NAME
         identity = self.config.identity()
         if run_file.is_file():
@@ -80,12 +80,20 @@ class RunFolder:
                     f"{self.out} holds the state of another run ({details}). Rerun with that run's "
                     "settings to resume it, or choose another --out."
                 )
-            return
+            return True
         if self.out.exists() and any(self.out.iterdir()):
             raise RunError(
                 f"{self.out} is not empty and was not written by kame train (no {RUN_NAME}); "
                 "choose a new or empty --out folder"
             )
+        return False
+
+    def claim(self) -> None:
+        """Create OUT for this run (after ``check``), or leave it if it already is this run's."""
+        if self.check():
+            return
+        run_file = self.out / RUN_NAME
+        identity = self.config.identity()
         self.out.mkdir(parents=True, exist_ok=True)
         temporary = run_file.with_suffix(".tmp")
         temporary.write_text(json.dumps({"format": RUN_FORMAT, "identity": identity}, indent=2, default=list))

@@ -1,0 +1,129 @@
+"""Collation frame by frame on a real dataset: text alignment, Mimi codes, the oracle stream equal to
+inference's (``OracleTrack`` replaying the events), augmentations within bounds, deterministic seeding."""
+
+from __future__ import annotations
+
+import torch
+
+from kame.data.dataset import read_records
+from kame.data.frames import FrameLoader
+from kame.frontend.oracle_track import OracleTrack
+from kame.train.collate import ZERO, Augment, SampleOrder, make_sample, sample_rng
+
+START = 1000  # the tiny tokenizer's text_card: the start-of-oracle token
+PAD, END_OF_PAD = 3, 0
+
+
+def _replayed(events, frames: int, tokenizer) -> list[int]:
+    """What inference feeds at each step: every event is a reset at step int(t * 12.5) plus its tokens."""
+    track = OracleTrack(start_token=START, pad_token=PAD)
+    by_step = {}
+    for event in events:
+        by_step[int(float(event["time"]) * 12.5)] = event
+    fed = []
+    for step in range(frames):
+        if step in by_step:
+            track.reset(step)
+            track.append(tokenizer.encode(by_step[step]["text"]), step)
+        fed.append(track.token_at(step))
+    return fed
+
+
+def test_sample_frame_by_frame(dataset, frontend, records):
+    tokenizer = frontend.tokenizer
+    audio = {r.id: r for r in read_records(dataset)}
+    fresh = FrameLoader(frontend)  # no cache: encodes the audio again
+    for record in records:
+        seq_len = record.frames + 7
+        sample = make_sample(record, seq_len, tokenizer, START, Augment(), None)
+        codes, n = sample.codes, record.frames
+        assert sample.start == 0 and sample.frames == n and codes.shape == (17, seq_len)
+        # text: each assistant word's tokens from its start frame (or the first free one), 0 just before
+        meta = audio[record.id].meta
+        text = codes[0, :n].tolist()
+        cursor = 0
+        for word in meta["assistant_words"]:
+            tokens = tokenizer.encode(word["word"])
+            first = max(int(word["start"] * 12.5), cursor)
+            assert text[first : first + len(tokens)] == tokens, word
+            if first > 0 and first - 1 >= cursor:
+                assert text[first - 1] == END_OF_PAD
+            cursor = first + len(tokens)
+        assert sum(t not in (PAD, END_OF_PAD) for t in text) == sum(
+            len(tokenizer.encode(w["word"])) for w in meta["assistant_words"]
+        )
+        # audio: the channels' Mimi codes, assistant first (the model's own 8), then the user's 8
+        assistant = fresh.encode(audio[record.id].assistant, meta["sample_rate"])
+        user = fresh.encode(audio[record.id].user, meta["sample_rate"])
+        assert torch.equal(codes[1:9, :n], assistant[:8]) and torch.equal(codes[9:17, :n], user[:8])
+        # oracle: exactly what inference's OracleTrack feeds step by step, no shift, pad at step 0
+        assert sample.oracle[:n].tolist() == _replayed(meta["oracles"], n, tokenizer)
+        assert sample.oracle[0] == PAD
+        # past the record's end: moshi's zero token everywhere (embeds to zero, masks the loss)
+        assert (codes[:, n:] == ZERO).all() and (sample.oracle[n:] == ZERO).all()
+
+
+def _event_frames(record) -> list[int]:
+    return [int(float(e["time"]) * 12.5) for e in record.events]
+
+
+def test_augmentations_stay_within_bounds_and_never_lead(frontend, records):
+    tokenizer = frontend.tokenizer
+    record = max(records, key=lambda r: len(r.events))
+    assert len(record.events) >= 3
+    plain = make_sample(record, record.frames, tokenizer, START, Augment(), None).oracle.tolist()
+    shifts, kept = set(), []
+    for seed in range(60):
+        rng = sample_rng(seed, 0, record.id)
+        sample = make_sample(record, record.frames, tokenizer, START, Augment(), rng)
+        stream = sample.oracle.tolist()
+        shifts.add(sample.shift)
+        assert 3 <= sample.shift <= 13
+        starts = [i for i, t in enumerate(stream) if t == START]
+        frames = _event_frames(record)
+        # the last event is always kept, and every oracle starts `shift` frames after its event time
+        assert starts[-1] == frames[-1] + sample.shift or frames[-1] + sample.shift >= record.frames
+        assert all(s - sample.shift in frames for s in starts)
+        assert all(t == PAD for t in stream[: frames[0] + sample.shift])  # nothing before the first event
+        kept.append(sample.kept_events)
+        # the stream is the un-augmented one of the kept events, moved later: never earlier than t
+        if sample.kept_events == len(record.events):
+            assert stream[sample.shift :] == plain[: record.frames - sample.shift]
+    assert len(shifts) > 5  # the lag really varies
+    assert min(kept) < len(record.events) and max(kept) == len(record.events)  # dropping happens, not always
+
+
+def test_lead_is_only_an_explicit_option(frontend, records):
+    record = max(records, key=lambda r: len(r.events))
+    augment = Augment(drop_events=None, oracle_lag=None, oracle_lead=(1, 15))
+    for seed in range(20):
+        sample = make_sample(
+            record, record.frames, frontend.tokenizer, START, augment, sample_rng(seed, 0, "x")
+        )
+        assert -15 <= sample.shift <= -1
+    assert Augment().oracle_lead is None
+
+
+def test_crops_and_seeding_do_not_depend_on_batching(frontend, records):
+    record = max(records, key=lambda r: r.frames)
+    seq_len = record.frames // 2
+    starts = set()
+    for epoch in range(30):
+        a = make_sample(
+            record, seq_len, frontend.tokenizer, START, Augment(), sample_rng(7, epoch, record.id)
+        )
+        b = make_sample(
+            record, seq_len, frontend.tokenizer, START, Augment(), sample_rng(7, epoch, record.id)
+        )
+        assert torch.equal(a.codes, b.codes) and torch.equal(a.oracle, b.oracle)
+        assert 0 <= a.start <= record.frames - seq_len and a.frames == seq_len
+        assert torch.equal(a.codes[0], record.text[a.start : a.start + seq_len])
+        starts.add(a.start)
+    assert len(starts) > 5
+    order = SampleOrder([r.id for r in records], seed=3)
+    for step in range(5):
+        whole = order.batch(step, 4)
+        halves = [order.batch(step, 4, rank, 2) for rank in (0, 1)]
+        assert sorted(halves[0] + halves[1]) == sorted(whole)
+    first_epoch = [order.at(i) for i in range(len(records))]
+    assert sorted(index for _, index in first_epoch) == list(range(len(records)))  # each record once

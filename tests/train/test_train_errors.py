@@ -1,0 +1,118 @@
+"""Every way a training run can be set up wrong ends in a clear error that says what to fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+from moshi.models import loaders as moshi_loaders
+
+from kame.data.dataset import CODES_FOLDER, ShardWriter
+from kame.frontend import presets
+from kame.frontend.checkpoint import Frontend, random_frontend, train_tiny_tokenizer
+from kame.train.data import DataError, load_records
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
+
+
+def _kame(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kame", *args], capture_output=True, text=True, env=ENV, timeout=300
+    )
+
+
+def _uncached_copy(dataset: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for path in dataset.glob("*.tar"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_empty_and_foreign_datasets(frontend, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="not a kame dataset .*kame data build"):
+        load_records([empty], frontend)
+    with pytest.raises(DataError, match="no such dataset folder"):
+        load_records([tmp_path / "missing"], frontend)
+    foreign = tmp_path / "foreign"
+    ShardWriter(foreign).write(0, {"id": "x", "sample_rate": 24000}, np.zeros(1920), np.zeros(1920))
+    with pytest.raises(DataError, match="'x' is not a kame-dialogue/1 record .*missing duration"):
+        load_records([foreign], frontend)
+    proc = _kame("train", "--init", "random:tiny", "--data", str(empty), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "not a kame dataset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tokenizer_and_frame_rate_mismatches(frontend, dataset):
+    small = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer(vocab_size=600))
+    wrong_tokenizer = Frontend(frontend.lm, frontend.mimi, small, frontend.lm_config)
+    with pytest.raises(DataError, match="600 pieces but the LM's text_card is 1000"):
+        load_records([dataset], wrong_tokenizer)
+    config = presets.mimi_config("tiny")
+    config["seanet"]["ratios"] = [8, 6, 5, 2]  # a 25 Hz codec
+    config["frame_rate"] = 25.0
+    fast = moshi_loaders.get_mimi(None, config, device="cpu", num_codebooks=8)
+    assert fast.frame_rate == 25.0
+    wrong_rate = Frontend(frontend.lm, fast, frontend.tokenizer, frontend.lm_config)
+    with pytest.raises(DataError, match="Mimi runs at 25.0 Hz; kame datasets are aligned at 12.5 Hz"):
+        load_records([dataset], wrong_rate)
+
+
+def test_missing_cache_without_encoding_then_kame_data_encode(frontend, tiny_checkpoint, dataset, tmp_path):
+    folder = _uncached_copy(dataset, tmp_path / "qa")
+    with pytest.raises(DataError, match=r"6 record\(s\) have no cached Mimi codes .*kame data encode"):
+        load_records([folder], frontend, encode_missing=False)
+    # codes cached for another codec are not used, and the error says so
+    other = random_frontend("tiny", seed=1, tokenizer=frontend.tokenizer)
+    load_records([folder], other)
+    with pytest.raises(DataError, match="codes of another Mimi"):
+        load_records([folder], frontend, encode_missing=False)
+    proc = _kame("data", "encode", str(folder), "--frontend", tiny_checkpoint)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 encoded, 0 already cached" in proc.stdout
+    assert len(list((folder / CODES_FOLDER).glob("*.npz"))) == 12  # both Mimis' codes, side by side
+    records = load_records([folder], frontend, encode_missing=False)
+    assert len(records) == 6
+    proc = _kame("data", "encode", str(folder), "--frontend", tiny_checkpoint)
+    assert "0 encoded, 6 already cached" in proc.stdout
+    proc = _kame("data", "encode", str(tmp_path / "nothing"), "--frontend", tiny_checkpoint)
+    assert proc.returncode == 2 and "no such dataset folder" in proc.stderr
+
+
+def test_out_holding_another_run_or_other_files(dataset, tmp_path):
+    out = tmp_path / "out"
+    base = ["train", "--init", "random:tiny", "--data", str(dataset), "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--seq-len", "16", "--no-progress"]  # fmt: skip
+    proc = _kame(*base)
+    assert proc.returncode == 0, proc.stderr
+    proc = _kame(*base, "--lr", "0.01")
+    assert (
+        proc.returncode == 2 and "holds the state of another run (lr: 3e-05 there, 0.01 now)" in proc.stderr
+    )
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    proc = _kame("train", "--init", "random:tiny", "--data", str(dataset), "--out", str(foreign))
+    assert proc.returncode == 2 and "not empty and was not written by kame train" in proc.stderr
+
+
+def test_bad_settings(tmp_path, dataset):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("init: random:tiny\nbatchsize: 4\n")
+    proc = _kame("train", "--config", str(bad), "--data", str(dataset), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "unknown setting(s) batchsize" in proc.stderr
+    proc = _kame("train", "--init", "random:tiny", "--data", str(dataset), "--out", str(tmp_path / "o"),
+                 "--batch-size", "6", "--micro-batch-size", "4")  # fmt: skip
+    assert proc.returncode == 2 and "--micro-batch-size 4 must divide --batch-size 6" in proc.stderr
+    proc = _kame("train", "--data", str(dataset), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--init is required" in proc.stderr
+    proc = _kame(
+        "train", "--init", str(tmp_path / "nowhere"), "--data", str(dataset), "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 2 and "no such checkpoint folder" in proc.stderr
