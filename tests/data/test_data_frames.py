@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,6 @@ from kame.data.frames import (
     END_OF_PAD,
     PAD,
     FrameLoader,
-    OracleAugment,
     num_frames,
     oracle_stream,
     text_stream,
@@ -47,18 +44,6 @@ def test_oracle_stream_start_tokens_and_overwrites():
     assert stream[5:8] == [999, ord("x"), ord("y")]
     assert stream[8:14] == [PAD] * 6  # the older oracle's tail is gone
     assert stream[14:] == [999, ord("z")]  # truncated at the end of the audio
-
-
-def test_oracle_augmentations_keep_the_last_event_and_shift():
-    events = [{"frame": f, "text": "a"} for f in (10, 20, 30, 40)]
-    for seed in range(20):
-        stream = oracle_stream(
-            events, 80, SplitTokenizer(), 999, augment=OracleAugment(), rng=random.Random(seed)
-        )
-        starts = [i for i, t in enumerate(stream) if t == 999]
-        shift = starts[-1] - 40
-        assert 1 <= shift <= 10 or -15 <= shift <= -1
-        assert set(starts) <= {f + shift for f in (10, 20, 30, 40)}
 
 
 def test_frame_loader_with_tiny_checkpoint(tiny_frontend, tmp_path):

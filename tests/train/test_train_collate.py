@@ -56,7 +56,7 @@ def test_sample_frame_by_frame(dataset, frontend, records):
         assistant = fresh.encode(audio[record.id].assistant, meta["sample_rate"])
         user = fresh.encode(audio[record.id].user, meta["sample_rate"])
         assert torch.equal(codes[1:9, :n], assistant[:8]) and torch.equal(codes[9:17, :n], user[:8])
-        # oracle: exactly what inference's OracleTrack feeds step by step, no shift, pad at step 0
+        # oracle: frame by frame what inference's OracleTrack feeds for these events; pad at frame 0
         assert sample.oracle[:n].tolist() == _replayed(meta["oracles"], n, tokenizer)
         assert sample.oracle[0] == PAD
         # past the record's end: moshi's zero token everywhere (embeds to zero, masks the loss)

@@ -163,7 +163,8 @@ def _replay_with_stock_moshi(out: Path, frames: list[dict]) -> None:
     weights = load_file(str(out / config["moshi_name"]))
     table = weights.pop("oracle_emb.weight")
     model.load_state_dict(weights)
-    # TOKENS.json: step s feeds frames[s]["oracle"] and the user's frame s - 1; it returns frame s - 1
+    # TOKENS.json: step s is model position s and feeds frames[s]["oracle"] there; the text and audio it
+    # samples come back one step later, in frames[s + 1], beside the user codes of the same frame
     steps = len(frames)
     codes = torch.tensor([[f["text"], *f["audio"], *f["user"]] for f in frames[1:]], dtype=torch.long).T[
         None

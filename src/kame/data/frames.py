@@ -8,10 +8,8 @@ All streams share one index: frame f covers audio [f * 80 ms, (f + 1) * 80 ms) o
 - ``user_text``: the same for the user's words (for models that also predict the other side).
 - ``oracle``: the oracle stream, built by inference's own rule (``render_oracle_stream``). Each event at
   frame f writes the start-of-oracle token (``text_card``) there, then its text's tokens one per frame,
-  and clears what an older event left after f; frames with no oracle token are padding (3). The
-  released trainer's augmentations are available: dropping each
-  event but the last with a probability drawn per record from U(0.1, 0.7), and shifting the whole stream
-  right by 1-10 or left by 1-15 frames.
+  and clears what an older event left after f; frames with no oracle token are padding (3).
+  Augmentations (dropping events, the back-end's lag) belong to the trainer: ``kame.train.collate``.
 - ``assistant_codes`` / ``user_codes``: Mimi codes [K, T] of the two channels, computed with the
   front-end's Mimi, optionally cached on disk (keyed by record id and a fingerprint of Mimi's weights).
   Each channel is encoded whole, as both released trainers do; live sessions instead reset Mimi's
@@ -25,7 +23,6 @@ frames only, and the trainer maps frames to steps exactly as the front-end's gen
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,15 +73,6 @@ def text_stream(
     return stream
 
 
-@dataclass
-class OracleAugment:
-    """The released trainer's oracle augmentations (REFERENCE.md section 3); ``None`` fields disable."""
-
-    skip_probability: tuple[float, float] | None = (0.1, 0.7)
-    shift_right: tuple[int, int] | None = (1, 10)
-    shift_left: tuple[int, int] | None = (1, 15)
-
-
 def oracle_stream(
     events: Sequence[dict[str, Any]],
     frames: int,
@@ -92,8 +80,6 @@ def oracle_stream(
     start_token: int,
     *,
     pad: int = PAD,
-    augment: OracleAugment | None = None,
-    rng: random.Random | None = None,
 ) -> list[int]:
     """The per-frame oracle tokens of a record's events ({frame, text}), later events overwriting.
 
@@ -102,30 +88,8 @@ def oracle_stream(
     has just heard frame ``f``, as a live session feeds an event of input frame ``f`` at step ``f``.
     """
     ordered = sorted(events, key=lambda e: int(e["frame"]))
-    if augment is not None:
-        rng = rng or random.Random()
-        if augment.skip_probability is not None and len(ordered) > 1:
-            p = rng.uniform(*augment.skip_probability)
-            ordered = [e for e in ordered[:-1] if rng.random() >= p] + [ordered[-1]]
     timed = [(int(event["frame"]), str(event["text"])) for event in ordered]
-    stream = render_oracle_stream(timed, frames, tokenizer, start_token, pad)
-    if augment is not None:
-        stream = _shift(stream, augment, rng or random.Random(), pad)
-    return stream
-
-
-def _shift(stream: list[int], augment: OracleAugment, rng: random.Random, pad: int) -> list[int]:
-    choices = []
-    if augment.shift_right is not None:
-        choices.append(rng.randint(*augment.shift_right))
-    if augment.shift_left is not None:
-        choices.append(-rng.randint(*augment.shift_left))
-    if not choices:
-        return stream
-    shift = rng.choice(choices)
-    if shift > 0:
-        return [pad] * shift + stream[:-shift]
-    return stream[-shift:] + [pad] * (-shift)
+    return render_oracle_stream(timed, frames, tokenizer, start_token, pad)
 
 
 @dataclass
@@ -201,16 +165,12 @@ class FrameLoader:
             temporary.replace(path)
         return assistant, user
 
-    def frames(
-        self, record: Record, *, augment: OracleAugment | None = None, rng: random.Random | None = None
-    ) -> FrameStreams:
+    def frames(self, record: Record) -> FrameStreams:
         meta = record.meta
         count = num_frames(len(record.user), record.sample_rate)
         text = text_stream(meta["assistant_words"], count, self.tokenizer)
         user_text = text_stream(meta["user_words"], count, self.tokenizer)
-        oracle = oracle_stream(
-            meta["oracles"], count, self.tokenizer, self.start_token, augment=augment, rng=rng
-        )
+        oracle = oracle_stream(meta["oracles"], count, self.tokenizer, self.start_token)
         assistant_codes = user_codes = None
         if self.mimi is not None:
             assistant_codes, user_codes = self.codes(record)
@@ -229,7 +189,7 @@ class FrameLoader:
             meta,
         )
 
-    def iterate(self, folder: str | Path, **kwargs: Any) -> Iterator[FrameStreams]:
+    def iterate(self, folder: str | Path) -> Iterator[FrameStreams]:
         """Frame streams of every record of a dataset folder, streamed shard by shard."""
         for record in read_records(folder):
-            yield self.frames(record, **kwargs)
+            yield self.frames(record)

@@ -1,8 +1,9 @@
 """Samples and batches: random crops and Simulated Oracle Augmentation on top of the one oracle rule.
 
-The oracle stream of a sample is ``kame.data.frames.oracle_stream`` of the events it keeps (the rule
-inference uses), indexed by model position: ``oracle[p]`` is fed at the position that predicts text
-frame ``p``, exactly what ``OracleLMModel.forward(codes, oracle=...)`` takes. Augmentations:
+The oracle stream of a sample is ``kame.data.frames.oracle_stream`` of the events it keeps (inference's
+own rule, replayed): frame-aligned with the codes, an event at time t starting at frame floor(t x 12.5).
+That is what ``OracleLMModel.forward(codes, oracle=...)`` takes; it feeds frame f's token at position
+f + 1, where the model has just heard frame f, as a live session does. Augmentations:
 
 - **event dropping**: per sample, p ~ U(drop_events), and each event but the record's last one is
   dropped with probability p (the released trainer's rule);
