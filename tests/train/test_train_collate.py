@@ -117,7 +117,7 @@ def test_crops_and_seeding_do_not_depend_on_batching(frontend, records):
         )
         assert torch.equal(a.codes, b.codes) and torch.equal(a.oracle, b.oracle)
         assert 0 <= a.start <= record.frames - seq_len and a.frames == seq_len
-        assert torch.equal(a.codes[0], record.text[a.start : a.start + seq_len])
+        assert torch.equal(a.codes[0], record.text[a.start : a.start + seq_len].long())
         starts.add(a.start)
     assert len(starts) > 5
     order = SampleOrder([r.id for r in records], seed=3)

@@ -58,11 +58,11 @@ def _same_run(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, dataset) -> tuple[Path, Path]:
-    """An uninterrupted 30-step run of the tiny preset (the one the resumed runs must equal)."""
+    """An uninterrupted 40-step run of the tiny preset (the one the resumed runs must equal)."""
     folder = tmp_path_factory.mktemp("reference")
     config = _config(folder)
     out = folder / "out"
-    proc = _train("--config", str(config), "--data", str(dataset), "--out", str(out), "--steps", "30")
+    proc = _train("--config", str(config), "--data", str(dataset), "--out", str(out), "--steps", "40")
     assert proc.returncode == 0, proc.stderr
     return config, out
 
@@ -72,14 +72,14 @@ def test_output_is_a_checkpoint_with_metrics_and_states(reference_run, dataset):
 
     _, out = reference_run
     rows = _metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, 31))
+    assert [r["step"] for r in rows] == list(range(1, 41))
     for row in rows:
         assert {"step", "loss", "text_loss", "audio_loss", "lr", "grad_norm"} <= set(row)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[0]["lr"] == pytest.approx(2e-3 / 5) and rows[-1]["lr"] == pytest.approx(2e-3)
-    assert sorted(p.name for p in (out / "state").iterdir()) == ["step_000025", "step_000030"]  # last K = 2
+    assert sorted(p.name for p in (out / "state").iterdir()) == ["step_000035", "step_000040"]  # last K = 2
     frontend = load_frontend(out)
-    trained = load_file(str(out / "state" / "step_000030" / "model.safetensors"))
+    trained = load_file(str(out / "state" / "step_000040" / "model.safetensors"))
     assert all(torch.equal(v, trained[k]) for k, v in frontend.lm.state_dict().items())
     assert "oracle_emb.weight" in trained
     config = json.loads((out / "config.json").read_text())
@@ -87,7 +87,7 @@ def test_output_is_a_checkpoint_with_metrics_and_states(reference_run, dataset):
     # a rerun of a finished run changes nothing
     before = (out / "model.safetensors").read_bytes()
     proc = _train(
-        "--config", str(reference_run[0]), "--data", str(dataset), "--out", str(out), "--steps", "30"
+        "--config", str(reference_run[0]), "--data", str(dataset), "--out", str(out), "--steps", "40"
     )
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.safetensors").read_bytes() == before
@@ -97,18 +97,18 @@ def test_sigkilled_run_resumes_bit_identical(reference_run, dataset, tmp_path):
     config, reference = reference_run
     out = tmp_path / "out"
     command = [sys.executable, "-m", "kame.train", "--config", str(config), "--data", str(dataset),
-               "--out", str(out), "--steps", "30"]  # fmt: skip
+               "--out", str(out), "--steps", "40"]  # fmt: skip
     for wait_for in ("step_000010", "step_000020"):  # kill twice, each time mid-run
         proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while not (out / "state" / wait_for).exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(0.05)
+        time.sleep(0.03)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     rows = (out / "metrics.jsonl").read_text().splitlines()
-    assert 0 < len(rows) < 30
+    assert 0 < len(rows) < 40
     proc = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "resumed from" in proc.stdout
@@ -118,7 +118,7 @@ def test_sigkilled_run_resumes_bit_identical(reference_run, dataset, tmp_path):
 def test_raised_steps_continue_exactly(reference_run, dataset, tmp_path):
     config, reference = reference_run
     out = tmp_path / "out"
-    for steps in ("12", "30"):
+    for steps in ("12", "40"):
         proc = _train("--config", str(config), "--data", str(dataset), "--out", str(out), "--steps", steps)
         assert proc.returncode == 0, proc.stderr
     _same_run(reference, out)

@@ -33,9 +33,9 @@ class TrainRecord:
     """One dialogue as the trainer needs it: streams that never change, events to augment."""
 
     id: str
-    text: torch.Tensor  # [T] long: the assistant's inner-monologue text
-    assistant_codes: torch.Tensor  # [dep_q, T] long
-    user_codes: torch.Tensor  # [n_q - dep_q, T] long
+    text: torch.Tensor  # [T] int32: the assistant's inner-monologue text
+    assistant_codes: torch.Tensor  # [dep_q, T] int16 (compact: a whole dataset stays in memory)
+    user_codes: torch.Tensor  # [n_q - dep_q, T] int16
     events: list[dict[str, Any]]  # the record's oracle events, in time order
 
     @property
@@ -180,6 +180,7 @@ def _train_record(meta: dict[str, Any], loader: FrameLoader, frontend: Any) -> T
             f"record {rid}: cached codes go up to {top} but the LM's codebooks have {lm.card} entries; "
             "the cache was made with another codec"
         )
-    text = torch.tensor(text_stream(meta["assistant_words"], frames, loader.tokenizer), dtype=torch.long)
+    text = torch.tensor(text_stream(meta["assistant_words"], frames, loader.tokenizer), dtype=torch.int32)
     events = sorted(meta["oracles"], key=lambda e: float(e["time"]))
-    return TrainRecord(rid, text, assistant, user, events)
+    compact = torch.int16 if lm.card <= torch.iinfo(torch.int16).max else torch.int32
+    return TrainRecord(rid, text, assistant.to(compact), user.to(compact), events)
