@@ -82,3 +82,17 @@ def test_learning_rate_schedule(tmp_path, dataset):
     assert lr_factor(4, config) == pytest.approx(1.0)
     assert lr_factor(20, config) == pytest.approx(config.min_lr_ratio)
     assert lr_factor(12, config) == pytest.approx(config.min_lr_ratio + (1 - config.min_lr_ratio) / 2)
+
+
+def test_resume_ignores_states_cut_short(tmp_path, dataset):
+    trainer = _trainer(tmp_path, dataset, "cut", steps=2, save_every=1)
+    trainer.run()
+    states = tmp_path / "cut" / "state"
+    (states / ".tmp-step_000003").mkdir()  # killed while writing a state
+    (states / ".tmp-step_000003" / "model.safetensors").write_bytes(b"partial")
+    (states / "step_000004").mkdir()  # a folder without its completion mark
+    resumed = _trainer(tmp_path, dataset, "cut", steps=2, save_every=1)
+    assert resumed.step == 2 and not (states / ".tmp-step_000003").exists()
+    assert torch.equal(resumed.model.oracle_emb.weight, trainer.model.oracle_emb.weight)
+    moved = _trainer(tmp_path, dataset, "cut", steps=3, save_every=1, micro_batch_size=2)
+    assert moved.step == 2  # memory knobs may change on resume; the trajectory settings may not

@@ -96,10 +96,12 @@ class TrainConfig:
         """The settings that decide a run's trajectory: a resumed run must match them.
 
         ``steps`` may be raised on resume; logging, saving, evaluation and the progress bar change
-        nothing that is trained.
+        nothing that is trained; the device and the memory knobs (micro-batch size, activation
+        checkpointing, bf16) may change so that a run can move to another machine or fit in memory.
         """
         free = {"steps", "save_every", "keep_states", "log_every", "eval_data", "eval_every",
-                "eval_records", "progress", "threads", "out", "encode_missing"}  # fmt: skip
+                "eval_records", "progress", "threads", "out", "encode_missing", "device",
+                "micro_batch_size", "activation_checkpointing", "bf16"}  # fmt: skip
         return {k: v for k, v in asdict(self).items() if k not in free}
 
     def fingerprint(self) -> str:
