@@ -96,3 +96,25 @@ def test_resume_ignores_states_cut_short(tmp_path, dataset):
     assert torch.equal(resumed.model.oracle_emb.weight, trainer.model.oracle_emb.weight)
     moved = _trainer(tmp_path, dataset, "cut", steps=3, save_every=1, micro_batch_size=2)
     assert moved.step == 2  # memory knobs may change on resume; the trajectory settings may not
+
+
+def test_plain_moshi_init_gets_its_oracle_embedding_from_the_text_embedding(
+    tmp_path, dataset, tiny_checkpoint
+):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from kame.frontend.checkpoint import load_frontend
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_checkpoint, plain)
+    weights = load_file(str(plain / "model.safetensors"))
+    del weights["oracle_emb.weight"]
+    save_file(weights, str(plain / "model.safetensors"))
+    trainer = _trainer(tmp_path, dataset, "from-plain", init=str(plain), steps=1)
+    assert torch.equal(trainer.model.oracle_emb.weight, trainer.model.text_emb.weight)
+    trainer.run()
+    trained = load_frontend(tmp_path / "from-plain")
+    assert not torch.equal(trained.lm.oracle_emb.weight, weights["text_emb.weight"])
+    assert trained.lm.text_card == trainer.model.text_card
