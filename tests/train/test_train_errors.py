@@ -116,3 +116,19 @@ def test_bad_settings(tmp_path, dataset):
         "train", "--init", str(tmp_path / "nowhere"), "--data", str(dataset), "--out", str(tmp_path / "o")
     )
     assert proc.returncode == 2 and "no such checkpoint folder" in proc.stderr
+
+
+def test_codec_with_more_codes_than_the_lm_reads(frontend, dataset, tmp_path):
+    from moshi.quantization.core_vq import EuclideanCodebook
+
+    config = presets.mimi_config("tiny")
+    config["quantizer"]["bins"] = 4096  # the tiny LM's codebooks have 256 entries
+    wide = moshi_loaders.get_mimi(None, config, device="cpu", num_codebooks=8)
+    for module in wide.quantizer.modules():
+        if isinstance(module, EuclideanCodebook):  # trained-looking codebooks, so codes spread out
+            module.embedding_sum.data.normal_()
+            module.cluster_usage.data.fill_(1.0)
+            module._initialized.data.fill_(1.0)
+    folder = _uncached_copy(dataset, tmp_path / "qa")
+    with pytest.raises(DataError, match="codebooks have 256 entries; the codes come from another codec"):
+        load_records([folder], Frontend(frontend.lm, wide, frontend.tokenizer, frontend.lm_config))

@@ -177,8 +177,8 @@ def _train_record(meta: dict[str, Any], loader: FrameLoader, frontend: Any) -> T
     top = int(max(assistant.max(), user.max())) if frames else 0
     if top >= lm.card:
         raise DataError(
-            f"record {rid}: cached codes go up to {top} but the LM's codebooks have {lm.card} entries; "
-            "the cache was made with another codec"
+            f"record {rid}: its Mimi codes go up to {top} but the LM's codebooks have {lm.card} entries; "
+            "the codes come from another codec than the LM's (check that the checkpoint's Mimi belongs to it)"
         )
     text = torch.tensor(text_stream(meta["assistant_words"], frames, loader.tokenizer), dtype=torch.int32)
     events = sorted(meta["oracles"], key=lambda e: float(e["time"]))
