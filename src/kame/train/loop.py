@@ -123,7 +123,7 @@ class Trainer:
         self.frontend = self.initial.frontend
         self.model = self.frontend.lm
         self.tokenizer = self.frontend.tokenizer
-        self.start_token = int(self.model.text_card)
+        self.start_token = int(self.model.oracle_start_token_id)
         self.records = load_records(
             config.data, self.frontend, encode_missing=config.encode_missing, progress=echo
         )
