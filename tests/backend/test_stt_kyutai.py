@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from kame.backend.stt import STTError, create_stt
 from kame.backend.stt.kyutai import FRAME_RATE, KyutaiConfig, KyutaiModels, KyutaiSTT, WordDecoder
-from kame.frontend.checkpoint import random_mimi, train_tiny_tokenizer
+from kame.frontend.checkpoint import preset_mimi, train_tiny_tokenizer
 from kame.frontend.presets import mimi_config
 
 STT_LM = {  # the STT's layout (audio in, text out, no depformer, four pause heads), shrunk
@@ -58,7 +58,7 @@ def stt_folder(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("kyutai")
     lm = LMModel(**STT_LM)
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(folder / "model.safetensors"))
-    mimi = random_mimi("tiny")
+    mimi = preset_mimi("tiny")
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(folder / "mimi.safetensors"))
     (folder / "mimi_config.json").write_text(json.dumps(mimi_config("tiny")))
     (folder / "tokenizer.model").write_bytes(tokenizer.serialized_model_proto())
@@ -198,7 +198,7 @@ def test_all_slots_busy_is_an_error(stt_folder):
 def test_models_can_be_given_directly(tokenizer):
     from moshi.models.lm import LMModel
 
-    models = KyutaiModels(LMModel(**STT_LM), random_mimi("tiny"), tokenizer, {"audio_delay_seconds": 0.5})
+    models = KyutaiModels(LMModel(**STT_LM), preset_mimi("tiny"), tokenizer, {"audio_delay_seconds": 0.5})
     engine = KyutaiSTT(KyutaiConfig(device="cpu", max_streams=1), models)
     try:
         _, results = asyncio.run(_run_sessions(engine, [np.zeros(24000, np.float32)]))

@@ -29,6 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from kame.frontend import presets
 from kame.frontend.model import OracleLMModel
+from kame.frontend.tiny_mimi import asset_digest as tiny_mimi_digest
+from kame.frontend.tiny_mimi import load_tiny_mimi
 
 logger = logging.getLogger(__name__)
 
@@ -348,9 +350,10 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def tiny_checkpoint_path() -> Path:
-    """Where ``--frontend tiny`` keeps its random checkpoint (created on first use)."""
+    """Where ``--frontend tiny`` keeps its random checkpoint (created on first use; named after the tiny
+    Mimi it holds, so one made before the Mimi changed is not reused)."""
     cache = Path(os.environ.get("KAME_CACHE", Path.home() / ".cache" / "kame"))
-    return cache / "tiny-random"
+    return cache / f"tiny-random-{tiny_mimi_digest()}"
 
 
 def ensure_tiny_checkpoint() -> Path:
@@ -370,7 +373,8 @@ def load_frontend(
     """Load a KAME (or plain Moshi, upgraded) front-end from a folder or ``hf://owner/name``.
 
     ``tiny`` names a small random checkpoint (created on first use): the plumbing runs end to end on a
-    CPU, but its "voice" is noise and its words random. ``random:PRESET`` (e.g. ``random:moshi-7b``)
+    CPU and its Mimi hears (codes follow the speech), but its LM is untrained: its "voice" is noise and
+    its words random. ``random:PRESET`` (e.g. ``random:moshi-7b``)
     builds a preset's shape with random weights in memory, for benchmarks.
     """
     if str(spec) == "tiny":
@@ -409,12 +413,16 @@ def train_tiny_tokenizer(vocab_size: int = presets.TINY_TOKENIZER_SIZE) -> bytes
     return buf.getvalue()
 
 
-def random_mimi(preset: str, device: torch.device | str = "cpu") -> MimiModel:
-    """An untrained Mimi of a preset's shape (moshi's own constructor).
+def preset_mimi(preset: str, device: torch.device | str = "cpu") -> MimiModel:
+    """The Mimi of a preset when no codec weights are at hand.
 
-    Untrained codebooks are all zeros (every frame would encode to code 0); they get random centroids
-    so that different sounds give different codes, as with a real Mimi.
+    ``tiny``: the shipped hearing tiny Mimi (``kame.frontend.tiny_mimi``: random encoder and decoder, RVQ
+    codebooks fitted to speech, so different speech gives different codes; its decoded audio is noise).
+    Other presets: moshi's untrained Mimi with random centroids (zero-filled codebooks would map every
+    frame to code 0), enough for speed measurements.
     """
+    if preset == "tiny":
+        return load_tiny_mimi(device)
     mimi = moshi_loaders.get_mimi(None, presets.mimi_config(preset), device=device, num_codebooks=8)
     for module in mimi.quantizer.modules():
         if isinstance(module, EuclideanCodebook):
@@ -442,7 +450,7 @@ def random_frontend(
         assert tokenizer is not None
         config["text_card"] = tokenizer.get_piece_size()
     lm = build_lm(config, device=device, dtype=dtype).eval()
-    return Frontend(lm, random_mimi(preset, device), tokenizer, config, {}, f"random:{preset}")
+    return Frontend(lm, preset_mimi(preset, device), tokenizer, config, {}, f"random:{preset}")
 
 
 def save_checkpoint(
@@ -474,7 +482,8 @@ def save_checkpoint(
 
 
 def init_checkpoint(folder: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Create a random checkpoint in the released layout (the tiny one is what tests and demos use)."""
+    """Create a random checkpoint in the released layout (the tiny one is what tests and demos use): a
+    random LM with the shipped hearing tiny Mimi (see ``preset_mimi``)."""
     if preset != "tiny":
         raise CheckpointError(
             f"only the tiny preset is written to disk; {preset!r} is available in memory to benchmarks "
