@@ -9,6 +9,8 @@ within one run. Run it alone on the machine::
 and work out a full run's machine count with ``--plan 56582``. ``--instant-llm`` replaces the LLM by a
 local OpenAI-compatible server that answers at once: the ceiling set by everything else (Piper, the
 pipeline, writing), i.e. what a machine does when a remote LLM's latency is hidden by concurrency.
+``--fast`` measures the build without any LLM (``--no-rewrite --oracles verbatim``), e.g. with
+``--tts espeak --dialogues 300``.
 """
 
 from __future__ import annotations
@@ -152,13 +154,18 @@ def main() -> None:
     parser.add_argument("--plan", type=int, default=56582, help="dialogues of a full run to plan for")
     parser.add_argument("--hours", type=float, default=24.0, help="wall-clock budget for the plan")
     parser.add_argument("--instant-llm", action="store_true", help="measure the ceiling without LLM time")
+    parser.add_argument(
+        "--fast", action="store_true", help="no LLM at all: --no-rewrite --oracles verbatim (level 5 only)"
+    )
     args = parser.parse_args()
 
     stop = None
-    if args.instant_llm:
+    if args.fast:
+        results: dict[str, object] = {"llm": "none (--no-rewrite --oracles verbatim)"}
+    elif args.instant_llm:
         url, stop = instant_llm_server()
         args.llm = f"openai:instant@{url}"
-        results: dict[str, object] = {"llm": "instant (ceiling without LLM time)"}
+        results = {"llm": "instant (ceiling without LLM time)"}
     else:
         results = {"llm": asyncio.run(llm_figures(12))}
     with tempfile.TemporaryDirectory() as tmp:
@@ -172,6 +179,8 @@ def main() -> None:
                 tts=args.tts,
                 workers=workers,
                 llm_concurrency=max(2, 2 * workers),
+                rewrite=not args.fast,
+                oracles="verbatim" if args.fast else "simulated",
             )
             start = time.perf_counter()
             summary = build(config, progress=False)

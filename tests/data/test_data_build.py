@@ -178,3 +178,33 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path):
 @pytest.mark.slow
 def test_killed_build_resumes_to_the_same_dataset_with_the_embedded_llm(tmp_path):
     _resume_gives_the_same_dataset(tmp_path, "local", limit=4, kill_after=1, timeout=120)
+
+
+def test_fast_build_without_any_llm(qa_file, tmp_path):
+    """``--no-rewrite --oracles verbatim``: the written text is spoken as is and each user utterance gets
+    only its level-5 oracle (the reply verbatim). No LLM is loaded: the spec points at a closed port, so
+    one call would fail its record."""
+    out = tmp_path / "out"
+    command = _command(qa_file, out, "openai:none@http://127.0.0.1:9/v1", limit=len(QA))
+    command += ["--tts", "espeak", "--no-rewrite", "--oracles", "verbatim"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["written"] == len(QA) and summary["failed"] == 0
+    assert set(summary["oracle_events_per_level"]) == {"5"}
+    records = sorted(read_records(out), key=lambda r: r.id)
+    assert len(records) == len(QA)
+    for record, written in zip(records, QA, strict=True):
+        check_record(record)
+        meta = record.meta
+        assert meta["rewritten"] == [False, False] and meta["llm"] is None
+        assert meta["question"] == written["question"] and meta["answer"] == written["answer"]
+        assert [e["level"] for e in meta["oracles"]] == [5]  # one utterance: one oracle, after its last word
+        assert meta["oracles"][0]["time"] >= meta["user_words"][-1]["end"]
+    stored = json.loads((out / "build.json").read_text())
+    assert stored["oracles"] == "verbatim" and stored["llm"] is None and stored["rewrite"] is False
+
+
+def test_unknown_oracle_mode_is_refused(tmp_path):
+    with pytest.raises(BuildError, match="--oracles 'all'"):
+        BuildConfig(source="jsonl:x", out=tmp_path, oracles="all")

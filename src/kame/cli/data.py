@@ -38,6 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--llm-concurrency", type=int, default=4, help="LLM calls at once (default 4)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--no-rewrite", action="store_true", help="speak the written text as it is (cleaned)")
+    build.add_argument(
+        "--oracles",
+        choices=("simulated", "verbatim"),
+        default="simulated",
+        help="simulated: levels 0-5 written by the simulator LLM (default); verbatim: only the level-5 "
+        "oracle (the ground-truth reply once the user's utterance is heard), no simulator calls. "
+        "With --no-rewrite, verbatim loads no LLM at all: a fast build at TTS speed",
+    )
     build.add_argument("--prompts", help="folder of prompt files overriding the defaults by name")
     build.add_argument("--temperature", type=float, default=0.7)
     build.add_argument(
@@ -91,6 +99,7 @@ def _build(args: argparse.Namespace) -> int:
             llm_concurrency=args.llm_concurrency,
             seed=args.seed,
             rewrite=not args.no_rewrite,
+            oracles=args.oracles,
             prompts=args.prompts,
             temperature=args.temperature,
             per_shard=args.per_shard,

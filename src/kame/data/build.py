@@ -2,7 +2,9 @@
 
 For each source record (those of shard I of N, up to a limit): the written turns are rewritten as speech
 by the LLM (``rewrite``), spoken by the TTS with word times (``speech``), the simulated oracles are
-scheduled and written (``oracles``), and the record is appended to the dataset (``write``). Up to
+scheduled and written (``oracles``), and the record is appended to the dataset (``write``). With
+``rewrite=False`` and ``oracles="verbatim"`` (only the level-5 oracle of each user utterance: the
+ground-truth reply, once every word is heard) no LLM is loaded or called, so a build runs at TTS speed. Up to
 ``workers`` records are in flight at once and their LLM calls run concurrently (at most
 ``llm_concurrency`` at a time). Records already in the folder are not redone; a record that fails is
 logged in ``failures.jsonl`` with its stage and reason and skipped. Everything random is drawn from a
@@ -27,7 +29,7 @@ from kame.audio.tts import Speech, TTSEngine, TTSError, create_tts
 from kame.backend.llm import LLMError, LLMProvider, create_llm
 from kame.data.align import AlignmentError
 from kame.data.dataset import SCHEMA, ShardWriter
-from kame.data.oracles import ScheduleConfig, schedule, simulate
+from kame.data.oracles import VERBATIM, ScheduleConfig, schedule, simulate
 from kame.data.prompts import PromptSet, load_prompts
 from kame.data.sources import SourceRecord, open_source
 from kame.data.speech import DialogueAudio, VoiceConfig, render_dialogue, words_json
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 SETTINGS_FILE = "build.json"
 FAILURES_FILE = "failures.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+ORACLE_MODES = ("simulated", "verbatim")
 
 
 class BuildError(ValueError):
@@ -59,6 +64,7 @@ class BuildConfig:
     llm_concurrency: int = 4
     seed: int = 0
     rewrite: bool = True
+    oracles: str = "simulated"  # or "verbatim": level-5 events only (the reply verbatim), no simulator
     prompts: str | None = None
     temperature: float = 0.7
     max_question_words: int = 80
@@ -75,14 +81,21 @@ class BuildConfig:
             raise BuildError("--workers and the LLM concurrency must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise BuildError(f"--limit must be positive, got {self.limit}")
+        if self.oracles not in ORACLE_MODES:
+            raise BuildError(f"--oracles {self.oracles!r}: choose one of {', '.join(ORACLE_MODES)}")
+
+    @property
+    def uses_llm(self) -> bool:
+        """Whether anything asks the LLM: the rewrite, or oracles below level 5."""
+        return self.rewrite or self.oracles == "simulated"
 
     def identity(self, prompts: PromptSet) -> dict[str, Any]:
         """The settings that decide the dataset's content (a resumed build must match them)."""
-        return {
+        identity: dict[str, Any] = {
             "schema": SCHEMA,
             "source": self.source,
             "columns": self.columns,
-            "llm": self.llm,
+            "llm": self.llm if self.uses_llm else None,
             "tts": self.tts,
             "assistant_tts": self.assistant_tts,
             "seed": self.seed,
@@ -96,6 +109,9 @@ class BuildConfig:
             "schedule": asdict(self.schedule),
             "voice": asdict(self.voice),
         }
+        if self.oracles != "simulated":  # absent by default, so datasets built before the option resume
+            identity["oracles"] = self.oracles
+        return identity
 
 
 @dataclass
@@ -147,9 +163,11 @@ class Builder:
         self.prompts = load_prompts(config.prompts)
         self._check_settings()
         # every prompt read from scratch: a record's oracles must not depend on what was asked before it
-        self.llm = llm or create_llm(
-            config.llm, seed=config.seed, timeout=config.llm_timeout, reuse_prompt=False
-        )
+        self.llm: LLMProvider | None = llm
+        if llm is None and config.uses_llm:
+            self.llm = create_llm(
+                config.llm, seed=config.seed, timeout=config.llm_timeout, reuse_prompt=False
+            )
         if engines is None:
             user = create_tts(config.tts)
             assistant = create_tts(config.assistant_tts) if config.assistant_tts else user
@@ -267,6 +285,8 @@ class Builder:
             (i, t.words) for i, t in enumerate(dialogue.turns) if t.speaker == "user" and i + 1 < len(turns)
         ]
         plans = schedule(user_turns, config.schedule)
+        if config.oracles == "verbatim":
+            plans = [p for p in plans if p.level == VERBATIM]
         try:
             events, empty = await simulate(
                 plans,
@@ -299,7 +319,7 @@ class Builder:
             "oracles": [e.to_json() for e in events],
             "seed": config.seed,
             "tts": config.tts,
-            "llm": config.llm,
+            "llm": config.llm if config.uses_llm else None,
         }
         return meta, dialogue
 
@@ -371,7 +391,8 @@ class Builder:
                 task.cancel()
             if bar is not None:
                 bar.close()
-            await self.llm.aclose()
+            if self.llm is not None:
+                await self.llm.aclose()
         summary = self.stats.summary(len(self.writer.done))
         (config.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         return summary

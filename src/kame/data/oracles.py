@@ -149,7 +149,7 @@ def history_text(turns: list[tuple[str, str]], upto: int) -> str:
 async def simulate(
     plans: list[EventPlan],
     turns: list[tuple[str, str]],
-    llm: LLMProvider,
+    llm: LLMProvider | None,
     prompts: PromptSet,
     rng: random.Random,
     *,
@@ -160,13 +160,16 @@ async def simulate(
 ) -> tuple[list[OracleEvent], int]:
     """Write every planned oracle: level 5 is the next assistant turn verbatim; other levels ask ``llm``
     (concurrently, at most ``limit`` at once). Returns the events and how many came back empty (dropped).
-    Raises LLMError when the simulator fails."""
+    Raises LLMError when the simulator fails; ``llm`` may be None when every plan is at level 5."""
+    if llm is None and any(p.level != VERBATIM for p in plans):
+        raise ValueError("oracles below level 5 need a simulator LLM")
     hints = [_hint_values(plan, turns, rng) for plan in plans]  # drawn in order: deterministic
 
     async def write(plan: EventPlan, values: dict[str, str]) -> str:
         if plan.level == VERBATIM:
             return values["reply"]
         messages = prompts[f"oracle_level{plan.level}"].render(**values)
+        assert llm is not None  # checked above
         if limit is None:
             raw = await llm.complete(messages, max_tokens=max_tokens, temperature=temperature)
         else:
