@@ -234,6 +234,9 @@ def to_record(
     for key in ("category", "subject", "src"):
         if key in row and isinstance(row[key], str | int):
             meta[key] = row[key]
+    words = row.get("keywords")  # the answer's key words, for measuring what a model says (kept as is)
+    if isinstance(words, list) and all(isinstance(w, str) for w in words):
+        meta["keywords"] = list(words)
     return SourceRecord(rid, [Turn("user", question), Turn("assistant", answer)], final=final, meta=meta)
 
 
