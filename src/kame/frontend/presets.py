@@ -14,8 +14,10 @@ from moshi.models import loaders as moshi_loaders
 
 MOSHI_DELAYS = [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
 
-# A Mimi with the real frame geometry (24 kHz, 1920-sample frames at 12.5 Hz, 8 codebooks) but a few
-# thousand parameters, so that a CPU encodes and decodes far faster than real time.
+# A Mimi with the real frame geometry (24 kHz, 1920-sample frames at 12.5 Hz, 8 codebooks) but about 165
+# thousand parameters, so that a CPU encodes and decodes far faster than real time. Its weights are the
+# shipped ``assets/tiny_mimi.safetensors`` (see ``kame.frontend.tiny_mimi``): changing this shape means
+# regenerating that file with ``scripts/make_tiny_mimi.py``.
 TINY_MIMI_CONFIG: dict[str, Any] = {
     "sample_rate": 24000,
     "channels": 1,
