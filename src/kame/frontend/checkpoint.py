@@ -375,7 +375,8 @@ def load_frontend(
     ``tiny`` names a small random checkpoint (created on first use): the plumbing runs end to end on a
     CPU and its Mimi hears (codes follow the speech), but its LM is untrained: its "voice" is noise and
     its words random. ``random:PRESET`` (e.g. ``random:moshi-7b``)
-    builds a preset's shape with random weights in memory, for benchmarks.
+    builds a preset's shape with a random LM in memory, for tests and benchmarks (its Mimi: see
+    ``preset_mimi``).
     """
     if str(spec) == "tiny":
         logger.warning("--frontend tiny: random weights; the assistant's audio is noise (plumbing only)")
