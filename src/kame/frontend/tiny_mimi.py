@@ -4,13 +4,15 @@ No codec weights can be fetched offline, and moshi's default init leaves a rando
 convolution shrinks the signal (PyTorch's default init keeps a third of the variance per layer) while
 its bias does not, so every sound reaches the quantizer as nearly the same vector, and zero-filled
 codebooks map it to code 0. Here the encoder's convolutions get a variance-keeping init (He normal, zero
-bias: silence encodes to the zero vector), and each codebook is fitted by moshi's own k-means
-(``EuclideanCodebook._init_embedding``), stage by stage on the residuals of the stages before it, over
-sentences of the tiny corpus spoken by the offline TTS (espeak-ng voices and Piper's joe) plus silence.
-Codes then carry what was said. The decoder stays random: the tiny front-end's voice is noise.
+bias, so silence encodes to the zero vector; the strided ones pool, see ``untrained_tiny_mimi``), and
+each codebook is fitted by moshi's own k-means (``EuclideanCodebook._init_embedding``), stage by stage
+on the residuals of the stages before it, over the tiny corpus's sentences spoken by the offline TTS
+(every espeak-ng voice and Piper's joe) with silence between them. Codes then carry what was said. The
+decoder stays random: the tiny front-end's voice is noise.
 
-Fitting takes tens of seconds of TTS, so it is done once by ``scripts/make_tiny_mimi.py`` and shipped as
-``assets/tiny_mimi.safetensors`` (loaded by moshi's ``get_mimi``).
+Speaking the corpus and fitting take about ten seconds, so it is done once by
+``scripts/make_tiny_mimi.py`` and shipped as ``assets/tiny_mimi.safetensors`` (read by moshi's
+``get_mimi``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Iterable
 from importlib import resources
@@ -72,17 +75,29 @@ def load_tiny_mimi(device: torch.device | str = "cpu") -> MimiModel:
 
 
 def untrained_tiny_mimi(seed: int = SEED) -> MimiModel:
-    """The tiny Mimi with a variance-keeping random encoder and empty codebooks (CPU, float32)."""
+    """The tiny Mimi with a variance-keeping random encoder and empty codebooks (CPU, float32).
+
+    Every encoder convolution gets He-normal weights and zero bias; the strided ones (each follows an
+    ELU) become a random mix of channels times a Hann window, i.e. they pool what the ELU rectified, so
+    the frames follow each band's envelope rather than the waveform's phase: the same words said by
+    another espeak-ng voice or at another rate land near each other.
+    """
     torch.manual_seed(seed)
     mimi = moshi_loaders.get_mimi(None, presets.mimi_config("tiny"), num_codebooks=NUM_CODEBOOKS)
-    encoder_path = [mimi.encoder, mimi.downsample]
     with torch.no_grad():
-        for part in encoder_path:
+        for part in (mimi.encoder, mimi.downsample):
             for module in part.modules():
-                if isinstance(module, torch.nn.Conv1d):
-                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                    if module.bias is not None:
-                        module.bias.zero_()
+                if not isinstance(module, torch.nn.Conv1d):
+                    continue
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    module.bias.zero_()
+                if module.stride[0] > 1:
+                    out_channels, in_channels, kernel = module.weight.shape
+                    window = torch.hann_window(kernel + 2, periodic=False)[1:-1]
+                    window = window / window.sum() * math.sqrt(kernel)
+                    mix = torch.randn(out_channels, in_channels, 1) * math.sqrt(2.0 / in_channels)
+                    module.weight.copy_(mix * window)
     return mimi
 
 
