@@ -1,4 +1,4 @@
-"""``kame checkpoint``: create and inspect front-end checkpoints."""
+"""``kame checkpoint``: create, inspect and merge front-end checkpoints."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("spec", help="a checkpoint folder or hf://owner/name")
     info.add_argument("--device", default="cpu")
     info.set_defaults(func=_info)
+    merge = actions.add_parser(
+        "merge-lora", help="fuse a LoRA checkpoint (base + adapters) into a plain full checkpoint"
+    )
+    merge.add_argument("source", help="a LoRA checkpoint folder (e.g. the OUT of kame train --lora-rank)")
+    merge.add_argument("target", help="a new or empty folder for the merged checkpoint")
+    merge.set_defaults(func=_merge)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -50,4 +56,16 @@ def _info(args: argparse.Namespace) -> int:
         "lm_gen_config": frontend.lm_gen_config,
     }
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from kame.cli import UserError
+    from kame.frontend.checkpoint import CheckpointError, merge_lora
+
+    try:
+        folder = merge_lora(args.source, args.target)
+    except CheckpointError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"wrote the merged checkpoint {folder} (load it with --frontend {folder})")
     return 0

@@ -6,6 +6,11 @@ moshi's convention: file keys (``moshi_name``, ``mimi_name``, ``mimi_config_name
 resolved by moshi's own ``CheckpointInfo``; this module adds the oracle embedding, checks that the files
 agree with each other, and upgrades plain Moshi weights (no ``oracle_emb.*``) by copying the text
 embedding into the oracle embedding, as KAME's fine-tuning does.
+
+A file key names a file in the folder (a relative path), or, in moshi's own syntax, a file elsewhere:
+``file:///abs/path`` or ``hf://owner/name/file`` (here also ``hf://owner/name@revision/file``). So a LoRA
+checkpoint written by ``kame train --lora-rank`` holds only its config and adapters and names the base
+weights, Mimi and tokenizer where they already are.
 """
 
 from __future__ import annotations
@@ -130,12 +135,7 @@ def resolve_checkpoint(
 
     def local(key: str, default: str | None) -> Path | None:
         name = raw.get(key, default)
-        if name is None:
-            return None
-        path = folder / name
-        if not path.is_file():
-            raise CheckpointError(f"{folder}: config.json names {key}={name!r} but {path} does not exist")
-        return path
+        return None if name is None else checkpoint_file(folder, key, str(name))
 
     moshi_name = local("moshi_name", moshi_loaders.MOSHI_NAME)
     mimi_name = local("mimi_name", moshi_loaders.MIMI_NAME)
@@ -151,6 +151,30 @@ def resolve_checkpoint(
         mimi_config_path=mimi_config,
         lora_weights=lora_path,
     )
+
+
+def checkpoint_file(folder: Path, key: str, name: str) -> Path:
+    """One file named by config.json: relative to the folder, ``file:///abs/path`` or ``hf://...``."""
+    if name.startswith("hf://"):
+        parts = name.removeprefix("hf://").split("/")
+        if len(parts) < 3:
+            raise CheckpointError(
+                f"{folder}: config.json {key}={name!r}: write hf://owner/name[@revision]/file"
+            )
+        repo, _, revision = f"{parts[0]}/{parts[1]}".partition("@")
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(repo, "/".join(parts[2:]), revision=revision or None))
+        except Exception as exc:  # network, auth, missing file: all end here
+            raise CheckpointError(
+                f"{folder}: could not fetch {key}={name!r} from the Hugging Face hub ({type(exc).__name__}: "
+                f"{exc}). Check the network and HF_TOKEN, or download it and name the local file."
+            ) from exc
+    path = Path(name.removeprefix("file://")) if name.startswith("file://") else folder / name
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: config.json names {key}={name!r} but {path} does not exist")
+    return path
 
 
 def _legacy_folder(folder: Path, lora: Path | str | None) -> moshi_loaders.CheckpointInfo:
@@ -301,23 +325,33 @@ def _load_lm(
 
 
 def _check_lora_keys(model: OracleLMModel, path: Path) -> None:
-    """Every linear layer needs its two LoRA matrices, and nothing else may be in the file."""
-    expected = {
-        f"{name}.{part}.weight"
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
-        for part in ("lora_A", "lora_B")
-    }
+    """Every linear layer needs its two LoRA matrices; besides them the file may hold tensors trained
+    fully beside the adapters (the oracle embedding, other embeddings, norms), which replace the base's.
+    A linear layer's own weight may not be in it (that is a merged checkpoint, not an adapter)."""
+    linears = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    expected = {f"{name}.{part}.weight" for name in linears for part in ("lora_A", "lora_B")}
+    full = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.rpartition(".")[0] not in linears}
     try:
         with safe_open(str(path), framework="pt") as handle:
-            present = set(handle.keys())
+            present = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read the LoRA weights ({exc})") from exc
-    missing, unknown = sorted(expected - present), sorted(present - expected)
-    if missing or unknown:
+    missing = sorted(expected - set(present))
+    unknown = sorted(set(present) - expected - set(full))
+    mismatched = [
+        f"{k}: {present[k]} vs model {full[k]}"
+        for k in sorted(set(present) & set(full))
+        if present[k] != full[k]
+    ]
+    if missing or unknown or mismatched:
         raise CheckpointError(
             f"{path}: LoRA weights do not match the model: {len(missing)} missing "
             f"(e.g. {', '.join(missing[:3])}), {len(unknown)} unknown (e.g. {', '.join(unknown[:3])})"
+            + (
+                f", {len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})"
+                if mismatched
+                else ""
+            )
         )
 
 
@@ -461,8 +495,11 @@ def save_checkpoint(
     mimi_config: dict[str, Any] | None,
     files: dict[str, str] | None = None,
     lm_gen_config: dict[str, Any] | None = None,
+    lm_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a front-end in the released layout: config.json, LM (with oracle_emb), Mimi, tokenizer."""
+    """Write a front-end in the released layout: config.json, LM (with oracle_emb), Mimi, tokenizer.
+
+    ``lm_state`` replaces ``frontend.lm.state_dict()`` (a sharded model's state gathered elsewhere)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = dict(files or TINY_FILES)
@@ -473,7 +510,8 @@ def save_checkpoint(
         config.pop("mimi_config_name", None)
     else:
         (folder / files["mimi_config_name"]).write_text(json.dumps(mimi_config, indent=2))
-    lm_state = {k: v.detach().contiguous().cpu() for k, v in frontend.lm.state_dict().items()}
+    if lm_state is None:
+        lm_state = {k: v.detach().contiguous().cpu() for k, v in frontend.lm.state_dict().items()}
     save_file(lm_state, str(folder / files["moshi_name"]))
     mimi_state = {k: v.detach().contiguous().cpu() for k, v in frontend.mimi.state_dict().items()}
     save_file(mimi_state, str(folder / files["mimi_name"]))
@@ -497,3 +535,80 @@ def init_checkpoint(folder: str | Path, preset: str = "tiny", seed: int = 0) -> 
     tokenizer = sentencepiece.SentencePieceProcessor(model_proto=proto)
     frontend = random_frontend(preset, device="cpu", dtype=torch.float32, seed=seed, tokenizer=tokenizer)
     return save_checkpoint(folder, frontend, proto, presets.mimi_config(preset))
+
+
+BASE_FILE_KEYS = ("moshi_name", "mimi_name", "tokenizer_name", "mimi_config_name")
+
+
+def base_file_keys(spec: str | Path) -> dict[str, str]:
+    """config.json file keys that name a full checkpoint's files where they are (``hf://`` or
+    ``file://``), for a checkpoint that adds to it (LoRA adapters) without copying 15 GB."""
+    spec = str(spec)
+    if spec == "tiny":
+        spec = str(ensure_tiny_checkpoint())
+    if _is_hf(spec):
+        info = resolve_checkpoint(spec)
+        prefix = "hf://" + spec.removeprefix("hf://") + "/"
+    else:
+        folder = Path(spec).resolve()
+        info = resolve_checkpoint(folder)
+        prefix = "file://" + str(folder) + "/"
+    raw = info.raw_config or {}
+    if raw.get("lora"):
+        raise CheckpointError(
+            f"{spec} is itself a LoRA checkpoint; merge it first (`kame checkpoint merge-lora {spec} DIR`) "
+            "and start from DIR"
+        )
+    defaults = {
+        "moshi_name": moshi_loaders.MOSHI_NAME,
+        "mimi_name": moshi_loaders.MIMI_NAME,
+        "tokenizer_name": moshi_loaders.TEXT_TOKENIZER_NAME,
+        "mimi_config_name": None,
+    }
+    keys = {}
+    for key in BASE_FILE_KEYS:
+        value = raw.get(key, defaults[key])
+        if value is not None:
+            value = str(value)
+            keys[key] = value if value.startswith(("hf://", "file://")) else prefix + value
+    return keys
+
+
+def _stored_dtype(path: Path) -> torch.dtype:
+    with safe_open(str(path), framework="pt") as handle:
+        kinds = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+        for key in handle.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+            kind = kinds.get(handle.get_slice(key).get_dtype())
+            if kind is not None:
+                return kind
+    return torch.float32
+
+
+def merge_lora(source: str | Path, target: str | Path) -> Path:
+    """Write a LoRA checkpoint (base + adapters + fully trained tensors) as a plain full checkpoint.
+
+    The adapters are fused in float32 (W + scaling x B @ A, moshi's own ``replace_lora_with_linear``)
+    and the weights stored in the base's dtype; Mimi and the tokenizer are copied, so the result stands
+    alone.
+    """
+    info = resolve_checkpoint(source)
+    _, lora = _prepare_lm_kwargs(info.lm_config)
+    if not lora.get("lora"):
+        raise CheckpointError(f"{source}: config.json does not enable LoRA; there is nothing to merge")
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError(
+            f"{target} is not empty; choose a new or empty folder for the merged checkpoint"
+        )
+    dtype = _stored_dtype(Path(info.moshi_weights))
+    frontend = load_frontend(source, device="cpu", dtype=torch.float32)
+    if frontend.tokenizer is None:
+        raise CheckpointError(f"{source}: no text tokenizer to copy")
+    state = {
+        k: (v.to(dtype) if v.dtype.is_floating_point else v).detach().contiguous()
+        for k, v in frontend.lm.state_dict().items()
+    }
+    proto = frontend.tokenizer.serialized_model_proto()
+    return save_checkpoint(
+        target, frontend, proto, info.mimi_config, lm_gen_config=frontend.lm_gen_config, lm_state=state
+    )

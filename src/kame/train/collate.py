@@ -128,7 +128,8 @@ class SampleOrder:
     """Which record the i-th sample of a run comes from: a fresh permutation every epoch.
 
     Sample ``i`` belongs to epoch ``i // len(records)``; the global batch of step ``s`` is samples
-    ``[s * B, (s + 1) * B)``, and process ``rank`` of ``world_size`` takes every ``world_size``-th one.
+    ``[s * B, (s + 1) * B)``, and process ``rank`` of ``world_size`` takes the ``rank``-th contiguous
+    block of ``B / world_size`` of them (so its micro-batches are the ones a single process would make).
     """
 
     def __init__(self, record_ids: Sequence[str], seed: int) -> None:
@@ -149,5 +150,6 @@ class SampleOrder:
         return epoch, self.order(epoch)[position]
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
-        first = step * batch_size
-        return [self.at(first + j) for j in range(rank, batch_size, world_size)]
+        share = batch_size // world_size
+        first = step * batch_size + rank * share
+        return [self.at(first + j) for j in range(share)]

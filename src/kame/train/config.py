@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     encode_missing: bool = True
     activation_checkpointing: bool = False
+    lora_rank: int | None = None  # LoRA adapters of this rank on every linear layer; None: full fine-tune
+    lora_scaling: float = 2.0
     bf16: bool = True  # autocast on CUDA; CPU always trains in float32
     threads: int | None = None
     progress: bool = True
@@ -75,6 +77,14 @@ class TrainConfig:
             raise ConfigError("--lr must be > 0 and --warmup >= 0")
         if self.train not in TRAIN_CHOICES:
             raise ConfigError(f"--train {self.train!r}: choose one of {', '.join(TRAIN_CHOICES)}")
+        if self.lora_rank is not None:
+            if int(self.lora_rank) < 1:
+                raise ConfigError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+            if self.train == "depformer":
+                raise ConfigError(
+                    "--train depformer trains the depformer fully; with --lora-rank choose all (adapters "
+                    "everywhere plus the oracle embedding) or embeddings (adapters plus every embedding)"
+                )
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
         if not self.data:
@@ -126,10 +136,14 @@ _HELP = {
     "log-every": "write a metrics.jsonl line every N steps",
     "eval-data": "dataset folder(s) to evaluate on, comma-separated",
     "eval-every": "evaluate every N steps",
-    "device": "cpu, cuda or cuda:N",
+    "device": "cpu, cuda or cuda:N (under torchrun: cpu or cuda, one GPU per process)",
+    "lora-rank": "train LoRA adapters of this rank (moshi's LoRALinear on every linear layer) instead of "
+    "all weights; the oracle embedding trains fully beside them",
+    "lora-scaling": "LoRA scaling (the adapter's output is multiplied by it)",
     "seed": "seed of the data order, crops, augmentations and the initial weights of random:PRESET",
 }
-_CLI = ("steps", "batch_size", "seq_len", "lr", "warmup", "save_every", "log_every", "eval_every", "seed")
+_CLI = ("steps", "batch_size", "seq_len", "lr", "warmup", "save_every", "log_every", "eval_every", "seed",
+        "lora_rank", "lora_scaling")  # fmt: skip
 
 
 def _flag(name: str) -> str:

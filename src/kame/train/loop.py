@@ -1,10 +1,18 @@
-"""The training loop: one process (``rank`` 0 of ``world_size`` 1) on a CPU or a GPU, resumable.
+"""The training loop: one process on a CPU or a GPU, or a ``torchrun`` launch of many; resumable.
 
 Step ``s`` trains on samples ``[s * batch_size, (s + 1) * batch_size)`` of the run's sample order
-(``collate.SampleOrder``), split into micro-batches whose mean losses are averaged (gradient
-accumulation). Nothing else decides what a step sees, so a resumed run repeats an uninterrupted one
+(``collate.SampleOrder``). Process ``r`` of ``W`` takes the ``r``-th contiguous block of ``batch_size /
+W`` of them and splits it into micro-batches; the step's loss is the mean of all processes' micro-batch
+losses (each a masked mean), so W processes with micro-batch m compute the same loss and gradient as one
+process with micro-batch m (gradient accumulation), and the per-step losses logged by rank 0 are that
+global mean. Nothing else decides what a step sees, so a resumed run repeats an uninterrupted one
 exactly: the state holds the weights, the optimiser, the scheduler and the RNG, and the data position
 is the step.
+
+Under torchrun (``distributed``) the model is sharded with FSDP2, resumable state goes through
+``torch.distributed.checkpoint``, and the exported checkpoint is gathered and written by rank 0. With
+``lora_rank`` the LM's linears get moshi's LoRA adapters and only they, the oracle embedding (and with
+``train: embeddings`` every embedding) train; OUT is then a LoRA checkpoint naming its base.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,15 +34,21 @@ from kame.frontend import presets
 from kame.frontend.checkpoint import (
     CONFIG_NAME,
     Frontend,
+    base_file_keys,
     ensure_tiny_checkpoint,
     load_frontend,
     random_frontend,
+    save_checkpoint,
 )
+from kame.train import lora as lora_files
 from kame.train.collate import Augment, SampleOrder, collate, make_sample, sample_rng
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
+from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
 from kame.train.losses import TEXT_PAD, LossWeights, compute_losses
 from kame.train.state import RunError, RunFolder
+
+BASE_FOLDER = "base"
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +64,16 @@ class Initial:
     mimi_config: dict[str, Any] | None
 
 
-def load_initial(spec: str, device: torch.device, seed: int) -> Initial:
-    """``--init``: a checkpoint folder, ``hf://owner/name``, ``tiny`` or ``random:PRESET``; float32."""
+def load_initial(spec: str, device: torch.device, seed: int, dtype: torch.dtype = torch.float32) -> Initial:
+    """``--init``: a checkpoint folder, ``hf://owner/name``, ``tiny`` or ``random:PRESET``."""
     if spec.startswith("random:"):
         preset = spec.removeprefix("random:")
-        frontend = random_frontend(preset, device=device, dtype=torch.float32, seed=seed)
+        frontend = random_frontend(preset, device=device, dtype=dtype, seed=seed)
         proto = frontend.tokenizer.serialized_model_proto() if frontend.tokenizer is not None else b""
         return Initial(frontend, proto, presets.mimi_config(preset))
     if spec == "tiny":
         spec = str(ensure_tiny_checkpoint())
-    frontend = load_frontend(spec, device=device, dtype=torch.float32)
+    frontend = load_frontend(spec, device=device, dtype=dtype)
     proto = frontend.tokenizer.serialized_model_proto() if frontend.tokenizer is not None else b""
     mimi_config = None
     config_path = Path(spec) / CONFIG_NAME
@@ -69,11 +84,19 @@ def load_initial(spec: str, device: torch.device, seed: int) -> Initial:
     return Initial(frontend, proto, mimi_config)
 
 
-def select_trainable(model: torch.nn.Module, which: str) -> list[torch.nn.Parameter]:
-    """``all``, ``embeddings`` (every table whose name has "emb") or ``depformer``; oracle_emb always."""
+def select_trainable(model: torch.nn.Module, which: str, lora: bool = False) -> list[str]:
+    """``all``, ``embeddings`` (every table whose name has "emb") or ``depformer``; oracle_emb always.
+
+    With ``lora``: the adapters, plus every embedding for ``embeddings``; the base weights stay frozen.
+    Returns the names of the trained parameters.
+    """
 
     def wanted(name: str) -> bool:
-        if name.startswith("oracle_emb.") or which == "all":
+        if name.startswith("oracle_emb."):
+            return True
+        if lora:
+            return lora_files.is_adapter(name) or (which == "embeddings" and "emb" in name)
+        if which == "all":
             return True
         if which == "embeddings":
             return "emb" in name
@@ -83,7 +106,7 @@ def select_trainable(model: torch.nn.Module, which: str) -> list[torch.nn.Parame
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(wanted(name))
         if parameter.requires_grad:
-            chosen.append(parameter)
+            chosen.append(name)
     return chosen
 
 
@@ -103,37 +126,57 @@ class Trainer:
         self,
         config: TrainConfig,
         *,
-        rank: int = 0,
-        world_size: int = 1,
+        world: World | None = None,
+        device: torch.device | None = None,
         echo: Callable[[str], None] = print,
     ) -> None:
         self.config = config
-        self.rank, self.world_size = rank, world_size
-        self.echo = echo
-        if config.batch_size % (world_size * (config.micro_batch_size or 1)):
-            raise RunError("--batch-size must be a multiple of world size x micro-batch size")
-        self.device = torch.device(config.device)
+        self.world = world or World()
+        self.rank, self.world_size = self.world.rank, self.world.world_size
+        self.echo = echo if self.world.main else _silent
+        micro = config.micro_batch_size or 1
+        if config.batch_size % (self.world_size * micro):
+            raise RunError(
+                f"--batch-size {config.batch_size} must be a multiple of the process count "
+                f"({self.world_size}) x --micro-batch-size ({micro}): each process takes an equal part"
+            )
+        self.device = device if device is not None else torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RunError("--device cuda: no CUDA device is visible; use --device cpu")
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.lora = config.lora_rank is not None
         self.folder = RunFolder(config)
         self.folder.check()
-        self.initial = load_initial(config.init, self.device, config.seed)
+        # a sharded CUDA model is loaded on the CPU and each process moves only its shards to its GPU
+        load_device = torch.device("cpu") if self.world.distributed else self.device
+        base_dtype = (
+            torch.bfloat16 if self.lora and self.device.type == "cuda" and config.bf16 else torch.float32
+        )
+        with self.world.main_first():  # rank 0 first: it may create the tiny checkpoint
+            self.initial = load_initial(config.init, load_device, config.seed, base_dtype)
         self.frontend = self.initial.frontend
+        if load_device != self.device:
+            self.frontend.mimi.to(self.device)  # Mimi encodes records whose codes are not cached
         self.model = self.frontend.lm
         self.tokenizer = self.frontend.tokenizer
         self.start_token = int(self.model.oracle_start_token_id)
-        self.records = load_records(
-            config.data, self.frontend, encode_missing=config.encode_missing, progress=echo
-        )
-        self.eval_records: list[TrainRecord] = []
-        if config.eval_data:
-            self.eval_records = load_records(
-                config.eval_data, self.frontend, encode_missing=config.encode_missing,
-                limit=config.eval_records, progress=echo,
-            )  # fmt: skip
-        self.folder.claim()
+        with self.world.main_first():  # rank 0 first: it fills the Mimi code caches
+            self.records = load_records(
+                config.data, self.frontend, encode_missing=config.encode_missing, progress=self.echo
+            )
+            self.eval_records: list[TrainRecord] = []
+            if config.eval_data:
+                self.eval_records = load_records(
+                    config.eval_data, self.frontend, encode_missing=config.encode_missing,
+                    limit=config.eval_records, progress=self.echo,
+                )  # fmt: skip
+        with self.world.main_first():
+            if self.world.main:
+                self.folder.claim()
+                self.base_files = self._write_base() if self.lora else {}
+            else:
+                self.base_files = self._base_files() if self.lora else {}
         self.order = SampleOrder([r.id for r in self.records], config.seed)
         self.augment = Augment(config.drop_events, config.oracle_lag, config.oracle_lead)
         self.weights = LossWeights(
@@ -142,20 +185,56 @@ class Trainer:
         if config.activation_checkpointing:
             for module in (self.model.transformer, self.model.depformer):
                 module.checkpointing = True
-        self.trainable = select_trainable(self.model, config.train)
+        if self.lora:
+            lora_files.add_adapters(self.model, int(config.lora_rank or 0), config.lora_scaling, config.seed)
+        self.trained_names = select_trainable(self.model, config.train, self.lora)
+        if self.lora:  # what trains is float32, whatever the base's dtype
+            for name, parameter in self.model.named_parameters():
+                if name in set(self.trained_names) and parameter.dtype != torch.float32:
+                    parameter.data = parameter.data.float()
+        if self.world.distributed:
+            shard(self.model, self.world, bf16_params=self.device.type == "cuda" and config.bf16)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=config.lr, betas=config.betas, eps=config.adam_eps,
             weight_decay=config.weight_decay,
         )  # fmt: skip
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.step = 0
-        latest = self.folder.latest_state()
+        with self.world.main_first():
+            latest = self.folder.latest_state(clean=self.world.main)
         if latest is not None:
-            info = self.folder.load_state(latest, self.model, self.optimizer, self.scheduler)
+            info = self._load_state(latest)
             self.step = int(info["step"])
-            echo(f"resumed from {latest} (step {self.step})")
-        elif self.folder.metrics.exists():
+            self.echo(f"resumed from {latest} (step {self.step})")
+        elif self.world.main and self.folder.metrics.exists():
             self.folder.truncate_metrics(0)
+        self.world.barrier()
+
+    # --- LoRA base ----------------------------------------------------------------------------------
+
+    def _base_files(self) -> dict[str, str]:
+        """config.json file keys naming the base's files: where they are, or OUT/base/ for random:."""
+        if self.config.init.startswith("random:"):
+            keys = {"moshi_name": "model.safetensors", "mimi_name": "mimi.safetensors",
+                    "tokenizer_name": "tokenizer.model", "mimi_config_name": "mimi_config.json"}  # fmt: skip
+            if self.initial.mimi_config is None:
+                keys.pop("mimi_config_name")
+            return {k: f"{BASE_FOLDER}/{v}" for k, v in keys.items()}
+        return base_file_keys(self.config.init)
+
+    def _write_base(self) -> dict[str, str]:
+        """Rank 0, before the adapters: a random base has no other home than OUT/base/ (written once)."""
+        if (
+            self.config.init.startswith("random:")
+            and not (self.folder.out / BASE_FOLDER / CONFIG_NAME).is_file()
+        ):
+            staging = self.folder.out / f".tmp-{BASE_FOLDER}"
+            shutil.rmtree(staging, ignore_errors=True)
+            save_checkpoint(staging, self.frontend, self.initial.tokenizer_proto, self.initial.mimi_config)
+            shutil.rmtree(self.folder.out / BASE_FOLDER, ignore_errors=True)
+            staging.rename(self.folder.out / BASE_FOLDER)
+        return self._base_files()
 
     # --- one step -----------------------------------------------------------------------------------
 
@@ -191,18 +270,22 @@ class Trainer:
             (losses.loss / len(chunks)).backward()
             for key in totals:
                 totals[key] += getattr(losses, key).item() / len(chunks)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.grad_clip)
+        grad_norm = local_value(torch.nn.utils.clip_grad_norm_(self.trainable, config.grad_clip))
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {**totals, "lr": lr, "grad_norm": float(grad_norm), "frames": sum(s.frames for s in samples)}
+        totals = self.world.mean(totals, self.device)
+        frames = self.world.total(sum(s.frames for s in samples), self.device)
+        return {**totals, "lr": lr, "grad_norm": float(grad_norm), "frames": frames}
 
     # --- evaluation ---------------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Losses on the eval set, and text accuracy on answer tokens with and without the oracles."""
+        """Losses on the eval set, and text accuracy on answer tokens with and without the oracles.
+
+        Under torchrun every process evaluates the whole set (a sharded forward needs them all)."""
         self.model.eval()
         config = self.config
         samples = [
@@ -238,18 +321,64 @@ class Trainer:
     # --- saving -------------------------------------------------------------------------------------
 
     def save(self) -> None:
-        self.folder.export(self.frontend, self.initial.tokenizer_proto, self.initial.mimi_config)
+        """The exported checkpoint (gathered, written by rank 0), then a resumable state."""
+        state = full_state_dict(self.model, self.world)
+        if self.world.main:
+            if self.lora:
+                self.folder.export_lora(self._lora_config(), self._lora_files(state))
+            else:
+                self.folder.export(
+                    self.frontend, self.initial.tokenizer_proto, self.initial.mimi_config, lm_state=state
+                )
         samples = self.step * self.config.batch_size
-        self.folder.save_state(
-            self.step, self.model, self.optimizer, self.scheduler,
-            {"samples": samples, "epoch": samples // len(self.records), "config": self.config.fingerprint()},
+        extra = {
+            "samples": samples,
+            "epoch": samples // len(self.records),
+            "config": self.config.fingerprint(),
+        }
+        if self.world.distributed:
+            self.folder.save_sharded_state(
+                self.step, self.model, self.optimizer, self.scheduler, extra, self.world, self.lora
+            )
+        else:
+            if self.lora:
+                state = {k: state[k] for k in self.trained_names}
+            self.folder.save_state(self.step, state, self.optimizer, self.scheduler, extra)
+
+    def _load_state(self, path: Path) -> dict[str, Any]:
+        stored = int(json.loads((path / "trainer.json").read_text()).get("world_size", 1))
+        if stored != self.world_size:
+            raise RunError(
+                f"{path} was written by {stored} process(es) and this launch has {self.world_size}: resume "
+                f"it with {'torchrun --nproc-per-node ' + str(stored) if stored > 1 else 'one process'} "
+                "(the sharded state belongs to that layout), or choose another --out"
+            )
+        if self.world.distributed:
+            return self.folder.load_sharded_state(
+                path, self.model, self.optimizer, self.scheduler, self.world, self.lora
+            )
+        only = set(self.trained_names) if self.lora else None
+        return self.folder.load_state(path, self.model, self.optimizer, self.scheduler, only=only)
+
+    def _lora_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {**self.base_files, "model_type": "moshi", **self.frontend.lm_config}
+        config.update(
+            lora=True, lora_rank=int(self.config.lora_rank or 0),
+            lora_scaling=float(self.config.lora_scaling), lora_name=lora_files.LORA_NAME,
         )  # fmt: skip
+        if self.frontend.lm_gen_config:
+            config["lm_gen_config"] = self.frontend.lm_gen_config
+        return config
+
+    def _lora_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        kame, moshi = lora_files.adapter_files(state, set(self.trained_names))
+        return {lora_files.LORA_NAME: kame, lora_files.MOSHI_LORA_NAME: moshi}
 
     # --- the run ------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        bar = _progress(config, self.step)
+        bar = _progress(config, self.step, self.world.main)
         window_frames, window_start = 0, time.perf_counter()
         last: dict[str, Any] = {}
         try:
@@ -270,12 +399,14 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     elapsed = time.perf_counter() - window_start
                     row = {"step": self.step, **metrics, "frames_per_s": window_frames / max(elapsed, 1e-9)}
-                    self.folder.log(row)
+                    if self.world.main:
+                        self.folder.log(row)
                     last = row
                     window_frames, window_start = 0, time.perf_counter()
                 if self.eval_records and (self.step % config.eval_every == 0 or self.step == config.steps):
                     row = {"step": self.step, **self.evaluate()}
-                    self.folder.log(row)
+                    if self.world.main:
+                        self.folder.log(row)
                     self.echo(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
                     window_start = time.perf_counter()
                 if self.step % config.save_every == 0 or self.step == config.steps:
@@ -289,14 +420,23 @@ class Trainer:
         return last
 
 
-def _progress(config: TrainConfig, step: int):  # type: ignore[no-untyped-def]
-    if not config.progress:
+def _progress(config: TrainConfig, step: int, main: bool = True):  # type: ignore[no-untyped-def]
+    if not config.progress or not main:
         return None
     from tqdm import tqdm
 
     return tqdm(total=config.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
 
+def _silent(_message: str) -> None:
+    """Processes other than rank 0 print nothing."""
+
+
 def train(config: TrainConfig, *, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) a training run to ``config.steps``; returns the last logged metrics."""
-    return Trainer(config, echo=echo).run()
+    """Run (or resume) a training run to ``config.steps``, in this process or as one process of a
+    torchrun launch; returns the last logged metrics."""
+    world, device = init_world(config.device)
+    try:
+        return Trainer(config, world=world, device=device, echo=echo).run()
+    finally:
+        world.close()

@@ -8,8 +8,13 @@ Layout of ``OUT/``::
     run.json                           the settings that decide the trajectory (checked on resume)
     metrics.jsonl                      one line per logged step (and per evaluation)
     state/step_NNNNNN/                 model.safetensors, trainer.pt (optimiser, scheduler, RNG),
-                                       trainer.json (step, samples seen); the last K are kept; each is
-                                       written as state/.tmp-step_NNNNNN and renamed when complete
+                                       trainer.json (step, samples seen, processes); the last K are
+                                       kept; each is written as state/.tmp-step_NNNNNN and renamed
+                                       when complete. Under torchrun, shards/ (torch.distributed
+                                       .checkpoint: the sharded weights and AdamW states) replaces
+                                       model.safetensors and the optimiser part of trainer.pt.
+    base/                              LoRA runs from random:PRESET only: the base checkpoint (a LoRA
+                                       OUT names its base's files, here these, elsewhere where they are)
 
 Rerunning the same command resumes from the newest complete state; anything a killed run wrote after
 it (a partial state, metrics lines of later steps) is discarded, so the rerun ends exactly where an
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +35,13 @@ from safetensors.torch import load_file, save_file
 
 from kame.frontend.checkpoint import CONFIG_NAME, Frontend, save_checkpoint
 from kame.train.config import TrainConfig
+from kame.train.distributed import World
 
 RUN_NAME = "run.json"
 STATE_DIR = "state"
 METRICS_NAME = "metrics.jsonl"
 RUN_FORMAT = "kame-train/1"
+SHARDS = "shards"
 
 
 class RunError(ValueError):
@@ -49,6 +57,19 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _rng_state() -> dict[str, Any]:
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _fsync_file(path: Path) -> None:
@@ -101,39 +122,27 @@ class RunFolder:
 
     # --- resumable state ---------------------------------------------------------------------------
 
-    def latest_state(self) -> Path | None:
+    def latest_state(self, clean: bool = True) -> Path | None:
+        """The newest complete state; ``clean`` removes what a killed run left half-written."""
         if not self.states.is_dir():
             return None
-        for leftover in self.states.glob(".tmp-*"):
+        for leftover in self.states.glob(".tmp-*") if clean else ():
             shutil.rmtree(leftover, ignore_errors=True)
         complete = sorted(p for p in self.states.glob("step_*") if (p / "trainer.json").is_file())
         return complete[-1] if complete else None
 
-    def save_state(
-        self,
-        step: int,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        extra: dict[str, Any],
-    ) -> Path:
+    def _begin_state(self, step: int) -> tuple[Path, Path]:
         self.states.mkdir(parents=True, exist_ok=True)
         final = self.states / f"step_{step:06d}"
         temporary = self.states / f".tmp-step_{step:06d}"
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(temporary / "model.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-            temporary / "trainer.pt",
-        )
+        return final, temporary
+
+    def _finish_state(self, final: Path, temporary: Path, step: int, extra: dict[str, Any]) -> None:
         (temporary / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
-        for name in ("model.safetensors", "trainer.pt", "trainer.json"):
-            _fsync_file(temporary / name)
+        for path in sorted(p for p in temporary.rglob("*") if p.is_file()):
+            _fsync_file(path)
         if final.exists():
             shutil.rmtree(final)
         temporary.rename(final)
@@ -141,22 +150,109 @@ class RunFolder:
         complete = sorted(p for p in self.states.glob("step_*") if (p / "trainer.json").is_file())
         for old in complete[: -self.config.keep_states]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def save_state(
+        self,
+        step: int,
+        weights: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        extra: dict[str, Any],
+    ) -> Path:
+        """One process: ``weights`` (the model's state, or a LoRA run's trained tensors) and the rest."""
+        final, temporary = self._begin_state(step)
+        save_file(weights, str(temporary / "model.safetensors"))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            temporary / "trainer.pt",
+        )
+        self._finish_state(final, temporary, step, {**extra, "world_size": 1})
         return final
 
     def load_state(
-        self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+        self,
+        path: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        only: set[str] | None = None,
     ) -> dict[str, Any]:
+        """One process; ``only``: the state holds just these keys (a LoRA run's trained tensors)."""
         device = next(model.parameters()).device
         weights = load_file(str(path / "model.safetensors"), device=str(device))
-        model.load_state_dict(weights)
+        if only is None:
+            model.load_state_dict(weights)
+        else:
+            if set(weights) != only:
+                raise RunError(
+                    f"{path}: the state does not hold this run's trained tensors; choose another --out"
+                )
+            model.load_state_dict(weights, strict=False)
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
-        torch.set_rng_state(trainer["rng"]["torch"])
-        if "cuda" in trainer["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+        _set_rng_state(trainer["rng"])
         info = json.loads((path / "trainer.json").read_text())
         self.truncate_metrics(int(info["step"]))
+        return info
+
+    def save_sharded_state(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        extra: dict[str, Any],
+        world: World,
+        trained_only: bool,
+    ) -> None:
+        """Every process of a launch: its shards through ``torch.distributed.checkpoint``; rank 0 the
+        rest. ``trained_only`` leaves out frozen parameters (a LoRA run's base)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        final = temporary = None
+        if world.main:
+            final, temporary = self._begin_state(step)
+        world.barrier()
+        temporary = self.states / f".tmp-step_{step:06d}"
+        options = StateDictOptions(ignore_frozen_params=trained_only)
+        weights, optim = get_state_dict(model, optimizer, options=options)
+        dcp.save({"model": weights, "optimizer": optim}, checkpoint_id=str(temporary / SHARDS))
+        world.barrier()
+        if world.main:
+            assert final is not None
+            torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, temporary / "trainer.pt")
+            self._finish_state(final, temporary, step, {**extra, "world_size": world.world_size})
+        world.barrier()
+
+    def load_sharded_state(
+        self,
+        path: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        world: World,
+        trained_only: bool,
+    ) -> dict[str, Any]:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+        options = StateDictOptions(ignore_frozen_params=trained_only)
+        weights, optim = get_state_dict(model, optimizer, options=options)
+        state = {"model": weights, "optimizer": optim}
+        dcp.load(state, checkpoint_id=str(path / SHARDS))
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+            options=options,
+        )  # fmt: skip
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        scheduler.load_state_dict(trainer["scheduler"])
+        _set_rng_state(trainer["rng"])
+        info = json.loads((path / "trainer.json").read_text())
+        if world.main:
+            self.truncate_metrics(int(info["step"]))
+        world.barrier()
         return info
 
     # --- metrics ------------------------------------------------------------------------------------
@@ -180,11 +276,41 @@ class RunFolder:
 
     # --- the exported checkpoint --------------------------------------------------------------------
 
-    def export(self, frontend: Frontend, tokenizer_proto: bytes, mimi_config: dict[str, Any] | None) -> None:
-        """Write OUT as a front-end checkpoint: files renamed into place one by one, config.json last."""
+    def export(
+        self,
+        frontend: Frontend,
+        tokenizer_proto: bytes,
+        mimi_config: dict[str, Any] | None,
+        lm_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Write OUT as a front-end checkpoint (``lm_state``: the LM's full state, gathered)."""
+        self._publish(
+            lambda staging: save_checkpoint(
+                staging,
+                frontend,
+                tokenizer_proto,
+                mimi_config,
+                lm_gen_config=frontend.lm_gen_config,
+                lm_state=lm_state,
+            )  # fmt: skip
+        )
+
+    def export_lora(self, config: dict[str, Any], files: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Write OUT as a LoRA checkpoint: ``config.json`` (which names the base's files) and adapters."""
+
+        def write(staging: Path) -> None:
+            staging.mkdir(parents=True)
+            for name, tensors in files.items():
+                save_file(tensors, str(staging / name))
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+        self._publish(write)
+
+    def _publish(self, write: Callable[[Path], Any]) -> None:
+        """Files written to a staging folder, then renamed into OUT one by one, config.json last."""
         staging = self.out / ".tmp-export"
         shutil.rmtree(staging, ignore_errors=True)
-        save_checkpoint(staging, frontend, tokenizer_proto, mimi_config, lm_gen_config=frontend.lm_gen_config)
+        write(staging)
         names = [p.name for p in staging.iterdir() if p.name != CONFIG_NAME] + [CONFIG_NAME]
         for name in names:
             _fsync_file(staging / name)
