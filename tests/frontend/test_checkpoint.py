@@ -203,3 +203,58 @@ def test_legacy_folder_without_config_is_read_as_moshi_reads_it(tiny_checkpoint,
     (legacy / moshi_loaders.MIMI_NAME).unlink()
     with pytest.raises(CheckpointError, match="not a legacy Moshi folder either"):
         load_frontend(legacy)
+
+
+def test_file_keys_may_name_files_elsewhere(ckpt, tiny_frontend, tmp_path):
+    """moshi's own syntax (file://, hf://owner/name/file) and paths relative to the folder."""
+    from kame.frontend.checkpoint import base_file_keys
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((ckpt / "config.json").read_text())
+    shutil.move(ckpt / "model.safetensors", other / "weights.safetensors")
+    config.update(moshi_name=f"file://{other}/weights.safetensors", tokenizer_name="./tokenizer.model")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    assert torch.equal(_logits(load_frontend(ckpt)), _logits(tiny_frontend))
+    keys = base_file_keys(ckpt)
+    assert keys["moshi_name"] == f"file://{other}/weights.safetensors"
+    assert keys["mimi_name"] == f"file://{ckpt.resolve()}/mimi.safetensors"
+    config.update(moshi_name="file:///nowhere/model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="nowhere/model.safetensors does not exist"):
+        load_frontend(ckpt)
+    config.update(moshi_name="hf://owner-only/model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"hf://owner/name\[@revision\]/file"):
+        load_frontend(ckpt)
+
+
+def test_lora_files_may_hold_fully_trained_tensors(ckpt, tiny_frontend):
+    """Besides lora_A/lora_B, an adapter file may replace non-linear tensors (the oracle embedding)."""
+    reference = load_frontend(ckpt)
+    replace_all_linear_with_lora(reference.lm, rank=2, scaling=2.0)
+    torch.manual_seed(2)
+    state = {}
+    for name, param in reference.lm.named_parameters():
+        if ".lora_" in name or name == "oracle_emb.weight":
+            param.data.normal_(std=0.05)
+            state[name] = param.detach().clone()
+    save_file(state, str(ckpt / "lora.safetensors"))
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(lora=True, lora_rank=2, lora_scaling=2.0, lora_name="lora.safetensors")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    loaded = load_frontend(ckpt)
+    assert torch.equal(loaded.lm.oracle_emb.weight, state["oracle_emb.weight"])
+    assert torch.allclose(_logits(loaded), _logits(reference), atol=1e-5)
+    linear = {**state, "text_linear.weight": tiny_frontend.lm.text_linear.weight.detach().clone()}
+    save_file(linear, str(ckpt / "lora.safetensors"))
+    with pytest.raises(CheckpointError, match="1 unknown .*text_linear.weight"):
+        load_frontend(ckpt)  # a linear's own weight belongs in a merged checkpoint
+    wrong = {**state, "oracle_emb.weight": torch.zeros(3, 64)}
+    save_file(wrong, str(ckpt / "lora.safetensors"))
+    with pytest.raises(CheckpointError, match="1 shape mismatches .*oracle_emb.weight"):
+        load_frontend(ckpt)
+    from kame.frontend.checkpoint import base_file_keys
+
+    with pytest.raises(CheckpointError, match="itself a LoRA checkpoint; merge it first"):
+        base_file_keys(ckpt)
