@@ -98,6 +98,12 @@ def test_resume_under_torchrun_continues_the_run(dataset, tmp_path):
         load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
     )
     assert sorted(p.name for p in (multi / "state").iterdir()) == ["step_000002", "step_000004"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "kame.train", "--config", str(tmp_path / "train.yaml"), "--data", str(dataset),
+         "--out", str(multi), "--steps", "5"],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "written by 2 process(es) and this launch has 1" in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,6 @@ def lora_run(tmp_path_factory, dataset) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_lora_two_processes_match_one_process(lora_run, dataset, tmp_path):
     multi = tmp_path / "two"
     two_processes(tmp_path, dataset, multi, "--steps", "4", *LORA)

@@ -120,6 +120,26 @@ def test_bad_settings(tmp_path, dataset):
     assert proc.returncode == 2 and "no such checkpoint folder" in proc.stderr
 
 
+def test_bad_lora_and_process_settings():
+    import argparse
+
+    from kame.train.config import ConfigError, add_arguments, build_config
+    from kame.train.distributed import World
+    from kame.train.loop import Trainer
+    from kame.train.state import RunError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--init", "random:tiny", "--data", "d", "--out", "o"]
+    with pytest.raises(ConfigError, match="--lora-rank must be at least 1"):
+        build_config(parser.parse_args([*base, "--lora-rank", "0"]))
+    with pytest.raises(ConfigError, match="--train depformer trains the depformer fully; with --lora-rank"):
+        build_config(parser.parse_args([*base, "--lora-rank", "8", "--train", "depformer"]))
+    config = build_config(parser.parse_args([*base, "--batch-size", "6", "--micro-batch-size", "2"]))
+    with pytest.raises(RunError, match="--batch-size 6 must be a multiple of the process count \\(2\\) x"):
+        Trainer(config, world=World(rank=0, world_size=2))
+
+
 def test_codec_with_more_codes_than_the_lm_reads(frontend, dataset, tmp_path):
     from moshi.quantization.core_vq import EuclideanCodebook
 

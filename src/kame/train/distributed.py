@@ -182,14 +182,22 @@ def shard(model: torch.nn.Module, world: World, bf16_params: bool) -> torch.nn.M
     return model
 
 
-def full_state_dict(model: torch.nn.Module, world: World) -> dict[str, torch.Tensor]:
-    """The whole model's state on the CPU: gathered from the shards (all processes must call this);
-    only rank 0 receives the tensors, the others an empty dict."""
+def full_state_dict(
+    model: torch.nn.Module, world: World, trained: set[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """The model's state on the CPU, gathered from the shards (all processes must call this); only
+    rank 0 receives the tensors, the others an empty dict. ``trained``: only these parameters (a LoRA
+    run never moves its frozen base)."""
     if not world.distributed:
-        return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = model.state_dict()
+        names = state.keys() if trained is None else trained
+        return {k: state[k].detach().contiguous().cpu() for k in names}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=trained is not None
+    )
+    state = get_model_state_dict(model, options=options)
     return {k: v.detach().contiguous() for k, v in state.items()} if world.main else {}
 
 

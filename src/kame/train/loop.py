@@ -189,8 +189,8 @@ class Trainer:
             lora_files.add_adapters(self.model, int(config.lora_rank or 0), config.lora_scaling, config.seed)
         self.trained_names = select_trainable(self.model, config.train, self.lora)
         if self.lora:  # what trains is float32, whatever the base's dtype
-            for name, parameter in self.model.named_parameters():
-                if name in set(self.trained_names) and parameter.dtype != torch.float32:
+            for parameter in self.model.parameters():
+                if parameter.requires_grad and parameter.dtype != torch.float32:
                     parameter.data = parameter.data.float()
         if self.world.distributed:
             shard(self.model, self.world, bf16_params=self.device.type == "cuda" and config.bf16)
@@ -322,7 +322,7 @@ class Trainer:
 
     def save(self) -> None:
         """The exported checkpoint (gathered, written by rank 0), then a resumable state."""
-        state = full_state_dict(self.model, self.world)
+        state = full_state_dict(self.model, self.world, set(self.trained_names) if self.lora else None)
         if self.world.main:
             if self.lora:
                 self.folder.export_lora(self._lora_config(), self._lora_files(state))
@@ -341,8 +341,6 @@ class Trainer:
                 self.step, self.model, self.optimizer, self.scheduler, extra, self.world, self.lora
             )
         else:
-            if self.lora:
-                state = {k: state[k] for k in self.trained_names}
             self.folder.save_state(self.step, state, self.optimizer, self.scheduler, extra)
 
     def _load_state(self, path: Path) -> dict[str, Any]:
@@ -371,7 +369,7 @@ class Trainer:
         return config
 
     def _lora_files(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        kame, moshi = lora_files.adapter_files(state, set(self.trained_names))
+        kame, moshi = lora_files.adapter_files(state)
         return {lora_files.LORA_NAME: kame, lora_files.MOSHI_LORA_NAME: moshi}
 
     # --- the run ------------------------------------------------------------------------------------

@@ -44,11 +44,9 @@ def add_adapters(model: torch.nn.Module, rank: int, scaling: float, seed: int) -
             )
 
 
-def adapter_files(
-    state: dict[str, torch.Tensor], trained: set[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(``lora.safetensors``, ``moshi_lora.safetensors``) from a full LoRA model state: adapters plus
-    the fully trained tensors ``trained`` (parameter names)."""
-    kame = {k: v for k, v in state.items() if is_adapter(k) or k in trained}
+def adapter_files(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(``lora.safetensors``, ``moshi_lora.safetensors``) from the trained tensors of a LoRA model:
+    adapters plus the fully trained tensors."""
+    kame = dict(state)
     moshi = {k: v for k, v in kame.items() if not k.startswith(KAME_ONLY_PREFIXES)}
     return kame, moshi
