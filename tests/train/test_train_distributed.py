@@ -64,12 +64,27 @@ def _assert_same_trajectory(single: Path, multi: Path, steps: int) -> None:
     assert a[-1]["loss"] < a[0]["loss"]
 
 
-def _assert_close_tensors(a: dict, b: dict) -> None:
+def _initial(lora: bool) -> dict[str, torch.Tensor]:
+    """The weights both runs start from (``random:tiny`` with the run's seed, and its adapters)."""
+    from kame.frontend.checkpoint import random_frontend
+    from kame.train.lora import add_adapters
+
+    lm = random_frontend("tiny", dtype=torch.float32, seed=SETTINGS["seed"]).lm
+    if lora:
+        add_adapters(lm, 4, 2.0, SETTINGS["seed"])
+    return lm.state_dict()
+
+
+def _assert_same_updates(initial: dict, a: dict, b: dict) -> None:
+    """What training changed agrees within 1 % per tensor. (Elementwise, AdamW turns float noise in
+    near-zero gradient entries into visible differences; a wrong gradient changes whole updates.)"""
     assert a.keys() == b.keys()
+    changed = 0
     for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-4, rtol=1e-4), (
-            key
-        )  # Adam amplifies float noise a little
+        ours, theirs = a[key] - initial[key], b[key] - initial[key]
+        assert (ours - theirs).norm() <= 0.01 * ours.norm() + 1e-7, key
+        changed += int(ours.norm() > 0)
+    assert changed > len(a) // 2
 
 
 def test_two_processes_match_one_process(dataset, tmp_path):
@@ -78,8 +93,10 @@ def test_two_processes_match_one_process(dataset, tmp_path):
     one_process(tmp_path, dataset, single, "--steps", "3")
     two_processes(tmp_path, dataset, multi, "--steps", "3")
     _assert_same_trajectory(single, multi, 3)
-    _assert_close_tensors(
-        load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
+    _assert_same_updates(
+        _initial(False),
+        load_file(str(single / "model.safetensors")),
+        load_file(str(multi / "model.safetensors")),
     )
     state = multi / "state" / "step_000003"
     assert (state / "shards" / ".metadata").is_file() and not (state / "model.safetensors").exists()
@@ -94,8 +111,10 @@ def test_resume_under_torchrun_continues_the_run(dataset, tmp_path):
     two_processes(tmp_path, dataset, multi, "--steps", "2")
     two_processes(tmp_path, dataset, multi, "--steps", "4")
     _assert_same_trajectory(single, multi, 4)
-    _assert_close_tensors(
-        load_file(str(single / "model.safetensors")), load_file(str(multi / "model.safetensors"))
+    _assert_same_updates(
+        _initial(False),
+        load_file(str(single / "model.safetensors")),
+        load_file(str(multi / "model.safetensors")),
     )
     assert sorted(p.name for p in (multi / "state").iterdir()) == ["step_000002", "step_000004"]
     proc = subprocess.run(
@@ -119,7 +138,7 @@ def test_lora_two_processes_match_one_process(lora_run, dataset, tmp_path):
     two_processes(tmp_path, dataset, multi, "--steps", "4", *LORA)
     _assert_same_trajectory(lora_run, multi, 4)
     for name in ("lora.safetensors", "moshi_lora.safetensors"):
-        _assert_close_tensors(load_file(str(lora_run / name)), load_file(str(multi / name)))
+        _assert_same_updates(_initial(True), load_file(str(lora_run / name)), load_file(str(multi / name)))
 
 
 def test_lora_output_is_a_checkpoint_that_names_its_base(lora_run):
