@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from kame.cli import UserError
 
@@ -31,6 +32,8 @@ def _run(args: argparse.Namespace) -> int:
         last = train(config)
     except (ConfigError, DataError, RunError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
     if last:
         print(
             "last: "
