@@ -55,27 +55,99 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frame-clock", choices=["process", "thread"], default="process",
         help="step the front-end in a child process (default; its own interpreter lock) or a thread",
     )  # fmt: skip
+    access = parser.add_argument_group("access and deployment")
+    access.add_argument(
+        "--auth-token", default=None,
+        help="the token clients must present (or set KAME_AUTH_TOKEN), as ?token= or Authorization: Bearer",
+    )  # fmt: skip
+    access.add_argument("--auth-tokens", default=None, metavar="FILE",
+                        help="accepted tokens, one per line (# comments); re-read on SIGHUP")  # fmt: skip
+    access.add_argument(
+        "--no-auth", action="store_true",
+        help="serve without a token even off loopback (anyone who reaches the port gets a session)",
+    )  # fmt: skip
+    access.add_argument(
+        "--allowed-origins", default="",
+        help="comma-separated origins (https://app.example.com) whose pages may open sessions, "
+        "besides the server's own",
+    )  # fmt: skip
+    access.add_argument(
+        "--trusted-proxy", action="store_true",
+        help="behind a reverse proxy: believe its X-Forwarded-Host and X-Forwarded-For",
+    )  # fmt: skip
+    access.add_argument("--ssl-cert", default=None, help="PEM certificate (chain): serve https/wss")
+    access.add_argument("--ssl-key", default=None, help="PEM private key of --ssl-cert")
+    access.add_argument("--max-per-client", type=int, default=8,
+                        help="concurrent connections per client address (0: no limit)")  # fmt: skip
+    access.add_argument("--handshake-timeout", type=float, default=10.0,
+                        help="seconds for a request head, a TLS handshake, a session start")  # fmt: skip
+    access.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="on SIGTERM, seconds live sessions may go on")  # fmt: skip
+    access.add_argument("--max-failed-starts", type=int, default=5,
+                        help="failed front-end restarts in a row before giving up")  # fmt: skip
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
     import torch
-    from aiohttp import web
 
     from kame.server.app import KameServer, ServerConfig
+    from kame.server.run import TLSConfigError, serve, ssl_context
+    from kame.server.security import AuthConfigError
 
+    if bool(args.ssl_cert) != bool(args.ssl_key):
+        raise SystemExit("kame serve: --ssl-cert and --ssl-key go together")
+    try:
+        policy = access_policy(args)
+        context = ssl_context(args.ssl_cert, args.ssl_key) if args.ssl_cert else None
+        config = ServerConfig(
+            host=args.host, port=args.port, when_full=args.when_full, queue_size=args.queue_size,
+            idle_timeout_s=args.idle_timeout, timeline_dir=args.timeline_dir,
+            max_per_client=args.max_per_client or None, handshake_timeout_s=args.handshake_timeout,
+            drain_timeout_s=args.drain_timeout, max_failed_starts=args.max_failed_starts,
+        )  # fmt: skip
+    except (AuthConfigError, TLSConfigError, ValueError) as exc:
+        raise SystemExit(f"kame serve: {exc}") from exc
     torch.set_grad_enabled(False)
-    config = ServerConfig(
-        host=args.host, port=args.port, when_full=args.when_full, queue_size=args.queue_size,
-        idle_timeout_s=args.idle_timeout, timeline_dir=args.timeline_dir,
-    )  # fmt: skip
-    server = KameServer(make_stepper(args), backend_from_args(args), config)
-    print(
-        f"kame: serving on http://{args.host}:{args.port}/ (WebSocket /api/chat, /healthz, /metrics)",
-        flush=True,
-    )
-    web.run_app(server.app(), host=args.host, port=args.port, print=None)
-    return 0
+    server = KameServer(make_stepper(args), backend_from_args(args), config, policy=policy)
+    scheme = "https" if context else "http"
+
+    def ready(port: int) -> None:
+        url = f"{scheme}://{_url_host(args.host)}:{port}/"
+        print(f"kame: serving on {url} (WebSocket /api/chat, /healthz, /metrics)", flush=True)
+        if getattr(args, "_generated_token", None):
+            # Like Jupyter: the only place the generated token appears. Nothing else logs it.
+            print(f"kame: open {url}?token={args._generated_token}", flush=True)
+
+    return asyncio.run(serve(server, args.host, args.port, ssl_context=context, on_ready=ready))
+
+
+def access_policy(args: argparse.Namespace):
+    """Tokens and origins from the flags; off loopback with no token, a generated one (unless --no-auth)."""
+    from kame.server.security import AccessPolicy, generate_token, is_loopback, tokens_from_sources
+
+    tokens = tokens_from_sources(args.auth_token, args.auth_tokens)
+    loopback = is_loopback(args.host)
+    if args.no_auth:
+        if tokens.required:
+            raise SystemExit("kame serve: --no-auth contradicts --auth-token/--auth-tokens/KAME_AUTH_TOKEN")
+        logger.warning("--no-auth: anyone who can reach %s:%s gets a session", args.host, args.port)
+    elif not tokens.required and not loopback:
+        args._generated_token = generate_token()
+        tokens = tokens_from_sources(args._generated_token, None)
+        logger.warning("bound to %s with no token given: sessions need the generated token", args.host)
+    origins = [o.strip() for o in args.allowed_origins.split(",") if o.strip()]
+    return AccessPolicy(tokens, origins, trusted_proxy=args.trusted_proxy, loopback=loopback)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def make_stepper(args: argparse.Namespace):

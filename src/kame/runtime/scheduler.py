@@ -15,6 +15,7 @@ to run it, with the same interface for sessions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -151,6 +152,9 @@ class FrameClock:
         self.max_lag_s = max_lag_s
         self.stats = StepStats()
         self.on_step: Callable[[float, int, bool], None] | None = None  # (step_s, sessions, late)
+        self.max_failed_steps = 25  # in a row (2 s of frames): the front-end is broken, not unlucky
+        self.failure: str | None = None
+        self._failed_steps = 0
         self._ops: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._slots: dict[int, SlotState] = {}
         self._wake = threading.Event()
@@ -255,9 +259,17 @@ class FrameClock:
                 time.sleep(next_tick - now)
             try:
                 self.step_once(deadline=next_tick + self.frame_s)
-            except Exception:  # noqa: BLE001 - keep the clock alive; the failure is counted and logged
+                self._failed_steps = 0
+            except Exception as exc:  # noqa: BLE001 - keep the clock alive; the failure is counted and logged
                 self.stats.errors += 1
+                self._failed_steps += 1
                 logger.exception("frame clock: a step failed")
+                if self._failed_steps >= self.max_failed_steps:
+                    self.failure = (
+                        f"{self._failed_steps} steps in a row failed; last: {type(exc).__name__}: {exc}"
+                    )
+                    logger.critical("frame clock stops: %s", self.failure)
+                    return
             next_tick += self.frame_s
             if time.perf_counter() - next_tick > self.max_lag_s:
                 self.stats.resyncs += 1
@@ -280,6 +292,7 @@ class FrameStepper:
         self.engine = engine
         self.nice = nice
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     @property
     def stats(self) -> StepStats:
@@ -304,6 +317,14 @@ class FrameStepper:
     @property
     def device(self) -> str:
         return str(self.engine.device)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the clock stopped stepping (a thread cannot be restarted: the server ends), if it did."""
+        thread = self._thread
+        if self.clock.failure is None and thread is not None and not thread.is_alive() and not self._stopped:
+            return "the frame-clock thread ended"
+        return self.clock.failure
 
     async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
         """A slot at the next frame boundary; raises ``SlotsFullError`` when every slot is taken."""
@@ -354,6 +375,7 @@ class FrameStepper:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopped = True
         self.clock.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -432,11 +454,19 @@ class ProcessStepper:
         if not parent.poll(self.start_timeout_s):
             self._process.kill()
             raise RuntimeError(f"the front-end process did not start within {self.start_timeout_s:.0f} s")
-        message = parent.recv()
+        try:
+            message = parent.recv()
+        except (EOFError, OSError):
+            self._process.join(5)
+            message = ("error", f"it exited during start-up (exit code {self._process.exitcode})")
         if message[0] != "ready":
             self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
             raise RuntimeError(f"the front-end process failed to start: {message[1]}")
-        self._receiver = threading.Thread(target=self._receive, name="kame-frame-results", daemon=True)
+        self._receiver = threading.Thread(
+            target=self._receive, args=(parent, self._process), name="kame-frame-results", daemon=True
+        )
         self._receiver.start()
 
     def stop(self) -> None:
@@ -449,6 +479,30 @@ class ProcessStepper:
         if self._receiver is not None:
             self._receiver.join(5)
         self._conn.close()
+
+    def restart(self) -> None:
+        """A fresh child after this one died. Its sessions must be closed first: their slots are gone,
+        and a slot number of the old process may be handed to a new session by the new one."""
+        if self._process is not None:
+            if self._process.is_alive():
+                self._process.kill()
+            self._process.join(10)
+            if self._receiver is not None:
+                self._receiver.join(5)
+            with contextlib.suppress(OSError):
+                self._conn.close()
+        self._process = self._receiver = None
+        self._sinks.clear()
+        for loop, future, _ in self._pending.values():
+            loop.call_soon_threadsafe(_settle, future, None, RuntimeError("the front-end process restarted"))
+        self._pending.clear()
+        try:
+            self.start()
+        except Exception as exc:
+            self.failure = f"restart failed: {exc}"
+            self._process = None
+            raise
+        self.failure = None
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
@@ -469,22 +523,27 @@ class ProcessStepper:
 
     def leave(self, slot: int) -> None:
         self._sinks.pop(slot, None)
-        self._send(("leave", slot))
+        if self.failure is None:
+            self._send(("leave", slot))
 
     def push_audio(self, slot: int, pcm: np.ndarray) -> None:
-        self._send(("audio", slot, np.asarray(pcm, dtype=np.float32)))
+        if self.failure is None:
+            self._send(("audio", slot, np.asarray(pcm, dtype=np.float32)))
 
     def send_oracle(self, slot: int, event: OracleEvent) -> None:
-        self._send(("oracle", slot, event))
+        if self.failure is None:
+            self._send(("oracle", slot, event))
 
-    def _receive(self) -> None:
+    def _receive(self, conn: Any, process: multiprocessing.process.BaseProcess) -> None:
         while True:
             try:
-                message = self._conn.recv()
+                message = conn.recv()
             except (EOFError, OSError):
-                self.failure = self.failure or "the front-end process ended"
-                if self._process is not None and self._process.exitcode not in (None, 0):
-                    logger.error("the front-end process died (exit code %s)", self._process.exitcode)
+                process.join(1)
+                code = process.exitcode
+                self.failure = self.failure or f"the front-end process ended (exit code {code})"
+                if code not in (None, 0):
+                    logger.error("the front-end process died (exit code %s)", code)
                 for loop, future, _ in self._pending.values():
                     loop.call_soon_threadsafe(_settle, future, None, RuntimeError(self.failure))
                 self._pending.clear()

@@ -1,9 +1,13 @@
 """The aiohttp application: /api/chat (Moshi's protocol), /healthz, /metrics and the web client.
 
-Many sessions share one batched front-end stepped by one frame-clock thread; each WebSocket gets its
-own back-end. When every slot is taken a new client is refused with HTTP 503 or, if configured, waits
-in a bounded queue (told its position). A client that breaks the protocol, sends oversized messages,
-goes silent or disconnects mid-frame ends its own session cleanly; nobody else notices.
+Many sessions share one batched front-end stepped by one frame clock; each WebSocket gets its own
+back-end. When every slot is taken a new client is refused with HTTP 503 or, if configured, waits in a
+bounded queue (told its position). A client that breaks the protocol, sends oversized messages, goes
+silent or disconnects mid-frame ends its own session cleanly; nobody else notices.
+
+Access (tokens, origins, a per-client limit) is checked before the WebSocket upgrade. A supervisor
+restarts a dead front-end process with backoff (the sessions it carried are told and closed first, so
+no slot of the old process is ever confused with one of the new); ``drain`` is the graceful shutdown.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from kame.runtime.scheduler import FrameStepper, ProcessStepper
 from kame.runtime.session import Session
 from kame.server import protocol
 from kame.server.metrics import ServerMetrics
+from kame.server.security import AccessPolicy, ClientLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +52,25 @@ class ServerConfig:
     metrics_interval_s: float = 1.0
     max_outgoing: int = 400  # messages waiting for a slow client; beyond this audio is dropped
     timeline_dir: str | None = None
+    max_per_client: int | None = 8  # concurrent connections per client address (None: no limit)
+    handshake_timeout_s: float = 10.0  # request head, TLS, and upgrade-to-session-start, each
+    drain_timeout_s: float = 30.0  # SIGTERM: how long live sessions may go on
+    restart_backoff_s: float = 1.0  # first delay before restarting a dead front-end process; doubles
+    restart_backoff_max_s: float = 30.0
+    max_failed_starts: int = 5  # failed starts in a row before the supervisor gives up
+    supervise_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
         if self.when_full not in ("reject", "queue"):
             raise ValueError(f"when_full must be 'reject' or 'queue', got {self.when_full!r}")
         if self.queue_size < 0 or self.max_message_bytes < 64 or self.idle_timeout_s <= 0:
             raise ValueError("queue_size >= 0, max_message_bytes >= 64 and idle_timeout_s > 0 are required")
+        if self.handshake_timeout_s <= 0 or self.drain_timeout_s < 0 or self.max_failed_starts < 1:
+            raise ValueError(
+                "handshake_timeout_s > 0, drain_timeout_s >= 0 and max_failed_starts >= 1 are required"
+            )
+        if self.max_per_client is not None and self.max_per_client < 1:
+            raise ValueError(f"max_per_client must be at least 1, got {self.max_per_client}")
 
 
 class ServerFull(Exception):
@@ -146,18 +164,30 @@ class KameServer:
         backend: Backend | None,
         config: ServerConfig | None = None,
         static_dir: str | Path | None = None,
+        policy: AccessPolicy | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.backend = backend
         self.stepper = stepper
+        self.policy = policy or AccessPolicy()
         self.metrics = ServerMetrics()
         self.metrics.capacity.set(stepper.capacity)
         self.stepper.on_step = self.metrics.on_step
         self.gate = CapacityGate(stepper.capacity, self.config.queue_size, self.config.when_full == "queue")
+        self.limiter = ClientLimiter(self.config.max_per_client)
         self.sessions: dict[str, Session] = {}
+        self._sockets: dict[str, tuple[web.WebSocketResponse, WebSocketOutput]] = {}
         self._ids = itertools.count(1)
         self.static_dir = Path(static_dir) if static_dir else _default_static_dir()
         self.started = time.time()
+        self.state = "starting"  # ok | restarting | error | draining
+        self.restarts = 0
+        self.give_up: str | None = None  # why the supervisor stopped restarting the front-end
+        self.fatal: str | None = None  # why the server must exit (a front-end that cannot be restarted)
+        self.fatal_event = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._last_start = 0.0
+        self._crashes_soon_after_start = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -176,60 +206,172 @@ class KameServer:
         if self.backend is not None:
             await self.backend.load()
         await asyncio.to_thread(self.stepper.start)  # a child process may take a while to load the model
+        self.state = "ok"
+        self._last_start = time.monotonic()
+        self._supervisor = asyncio.create_task(self._supervise(), name="kame-supervisor")
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        for session in list(self.sessions.values()):
-            await session.close("server shutdown")
-        self.stepper.stop()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._end_sessions("server shutdown", "the server is shutting down")
+        await asyncio.to_thread(self.stepper.stop)
         if self.backend is not None:
             await self.backend.aclose()
+
+    async def drain(self, timeout_s: float | None = None) -> int:
+        """Graceful shutdown: refuse new sessions, tell live ones, let them finish up to ``timeout_s``,
+        then end the rest (timelines are closed whole). Returns how many had to be cut short."""
+        timeout_s = self.config.drain_timeout_s if timeout_s is None else timeout_s
+        self.state = "draining"
+        live = list(self._sockets.values())
+        logger.info("draining: %d live sessions get up to %.0f s to finish", len(live), timeout_s)
+        for _, output in live:
+            output.on_event({"type": "shutdown", "drain_s": timeout_s})
+        deadline = time.monotonic() + timeout_s
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        cut = len(self.sessions)
+        await self._end_sessions("server shutdown", "the server is shutting down")
+        return cut
+
+    async def _end_sessions(self, reason: str, message: str) -> None:
+        """Close every live session (its timeline whole) and tell its client why (0x05, then close)."""
+        entries = [(sid, self.sessions.get(sid), ws) for sid, (ws, _) in list(self._sockets.items())]
+
+        async def end(session: Session | None, ws: web.WebSocketResponse) -> None:
+            if session is not None:
+                await session.close(reason)
+            await _close_with_error(ws, message)
+
+        await asyncio.gather(*(end(session, ws) for _, session, ws in entries), return_exceptions=True)
+
+    # -- the supervisor -----------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        """Watch the front-end; restart a dead process with backoff, or end the server (thread clock)."""
+        while True:
+            await asyncio.sleep(self.config.supervise_interval_s)
+            failure = self.failure
+            if failure is None or self.state in ("error", "draining"):
+                continue
+            if not hasattr(self.stepper, "restart"):
+                self.state = "error"
+                self.fatal = f"the front-end failed ({failure}); the thread frame clock cannot be restarted"
+                logger.critical("%s: the server stops", self.fatal)
+                await self._end_sessions("front-end failed", f"the front-end stopped: {failure}")
+                self.fatal_event.set()
+                return
+            self.state = "restarting"
+            logger.error("the front-end process failed (%s): ending its sessions and restarting it", failure)
+            await self._end_sessions("front-end failed", f"the front-end stopped: {failure}")
+            if time.monotonic() - self._last_start < 60.0:
+                self._crashes_soon_after_start += 1  # a crash loop: back off further each time
+            else:
+                self._crashes_soon_after_start = 0
+            if not await self._restart_with_backoff():
+                return
+
+    async def _restart_with_backoff(self) -> bool:
+        config = self.config
+        failed = 0
+        while True:
+            doublings = failed + self._crashes_soon_after_start
+            delay = min(config.restart_backoff_max_s, config.restart_backoff_s * 2**doublings)
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self.stepper.restart)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - counted; several in a row and it gives up
+                failed += 1
+                logger.error("restarting the front-end failed (%d in a row): %s", failed, exc)
+                if failed >= config.max_failed_starts:
+                    self.give_up = f"the front-end failed to start {failed} times in a row; last error: {exc}"
+                    self.state = "error"
+                    logger.critical("giving up: %s", self.give_up)
+                    return False
+                continue
+            self.restarts += 1
+            self.metrics.frontend_restarts.inc()
+            self._last_start = time.monotonic()
+            self.state = "ok"
+            logger.warning("the front-end process is back (restart %d)", self.restarts)
+            return True
 
     # -- plain HTTP ---------------------------------------------------------------------------------
     @property
     def failure(self) -> str | None:
-        """Why the front-end cannot serve any more (its process died), if it cannot."""
+        """Why the front-end cannot serve now (its process died, its thread failed), if it cannot."""
         return getattr(self.stepper, "failure", None)
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "ok" and self.failure is None
 
     async def healthz(self, request: web.Request) -> web.Response:
         stats = self.stepper.stats
-        return web.json_response(
-            {
-                "status": "error" if self.failure else "ok",
-                "error": self.failure,
-                "sessions": len(self.sessions),
-                "capacity": self.stepper.capacity,
-                "queued": self.gate.queued,
-                "device": self.stepper.device,
-                "steps": stats.steps,
-                "step_ms_p50": round(stats.percentile_ms(50), 2),
-                "step_ms_p99": round(stats.percentile_ms(99), 2),
-                "late_frames": stats.late_frames,
-                "uptime_s": round(time.time() - self.started, 1),
-            }
-        )
+        status = self.state
+        if status == "ok" and self.failure:  # the supervisor has not seen it yet
+            status = "restarting" if hasattr(self.stepper, "restart") else "error"
+        body = {
+            "status": status,
+            "error": self.give_up or self.fatal or self.failure,
+            "restarts": self.restarts,
+            "auth": self.policy.tokens.required,
+            "sessions": len(self.sessions),
+            "capacity": self.stepper.capacity,
+            "queued": self.gate.queued,
+            "device": self.stepper.device,
+            "steps": stats.steps,
+            "step_ms_p50": round(stats.percentile_ms(50), 2),
+            "step_ms_p99": round(stats.percentile_ms(99), 2),
+            "late_frames": stats.late_frames,
+            "uptime_s": round(time.time() - self.started, 1),
+        }
+        return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def prometheus(self, request: web.Request) -> web.Response:
+        refused = self.policy.check_metrics(request)
+        if refused is not None:
+            return refused
         self.metrics.sessions_active.set(len(self.sessions))
         self.metrics.sessions_queued.set(self.gate.queued)
+        self.metrics.up.set(1 if self.serving else 0)
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def index(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(self.static_dir / "index.html")
+        # The page may have been opened as /?token=...: no referrer may carry it to any other request.
+        return web.FileResponse(self.static_dir / "index.html", headers={"Referrer-Policy": "no-referrer"})
 
     # -- the chat WebSocket -------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        refused = self.policy.check_chat(request)
+        if refused is not None:
+            self.metrics.sessions_refused.labels(str(refused.status)).inc()
+            return refused
+        address = self.policy.client_address(request)
+        if not self.limiter.acquire(address):
+            self.metrics.sessions_refused.labels("429").inc()
+            return web.json_response(
+                {"error": f"at most {self.limiter.limit} connections per client; close one first"}, status=429
+            )
+        try:
+            return await self._chat(request)
+        finally:
+            self.limiter.release(address)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         events = request.query.get("events", "0").lower() in ("1", "true", "yes")
+        if not self.serving:
+            why = {"draining": "the server is shutting down", "starting": "the server is starting"}.get(
+                self.state,
+                f"the front-end is down: {self.give_up or self.fatal or self.failure or self.state}",
+            )
+            return web.json_response({"error": f"{why}; try again later", "status": self.state}, status=503)
         try:
             waiter = self.gate.try_acquire()
         except ServerFull as exc:
             self.metrics.sessions_rejected.inc()
             return web.json_response({"error": f"server full: {exc}; try again later"}, status=503)
-        if self.failure:
-            if waiter is None:
-                self.gate.release()
-            else:
-                self.gate.cancel(waiter)
-            return web.json_response({"error": f"the front-end is down: {self.failure}"}, status=503)
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, heartbeat=10.0)
         try:
             await ws.prepare(request)
@@ -283,8 +425,16 @@ class KameServer:
         ticker = asyncio.create_task(
             self._metrics_loop(ws, session, output), name=f"kame-metrics-{session_id}"
         )
+        self._sockets[session_id] = (ws, output)
         try:
-            await session.start()
+            try:
+                await asyncio.wait_for(session.start(), self.config.handshake_timeout_s)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"the session did not start within {self.config.handshake_timeout_s:.0f} s"
+                ) from None
+            if not self.serving:  # the front-end failed while this session was starting
+                raise RuntimeError(f"the front-end stopped: {self.failure or self.state}")
             self.sessions[session_id] = session
             self.metrics.sessions_total.inc()
             await ws.send_bytes(protocol.HANDSHAKE)
@@ -297,10 +447,12 @@ class KameServer:
             await _close_with_error(ws, str(exc))
         except Exception as exc:  # noqa: BLE001 - one session's failure must not touch the others
             reason = "server error"
-            logger.exception("session %s failed", session_id)
+            if not ws.closed:
+                logger.exception("session %s failed", session_id)
             await _close_with_error(ws, f"server error: {type(exc).__name__}: {exc}")
         finally:
             self.sessions.pop(session_id, None)
+            self._sockets.pop(session_id, None)
             self.metrics.sessions_ended.labels(reason).inc()
             await session.close(reason)
             output.close()

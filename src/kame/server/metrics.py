@@ -28,6 +28,19 @@ class ServerMetrics:
         self.sessions_ended = Counter(
             "kame_sessions_ended_total", "Sessions ended, by reason", ["reason"], registry=r
         )
+        self.sessions_refused = Counter(
+            "kame_sessions_refused_total",
+            "WebSocket upgrades refused by access rules, by HTTP status (401 token, 403 origin, 429 limit)",
+            ["status"], registry=r,
+        )  # fmt: skip
+        self.frontend_restarts = Counter(
+            "kame_frontend_restarts_total",
+            "Times the front-end process was restarted after dying",
+            registry=r,
+        )
+        self.up = Gauge(
+            "kame_up", "1 while the front-end is serving, 0 while it is down or restarting", registry=r
+        )
         self.step_seconds = Histogram(
             "kame_step_seconds", "Front-end step (Mimi encode, LM, Mimi decode) for the whole batch",
             buckets=STEP_BUCKETS, registry=r,
