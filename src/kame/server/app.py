@@ -421,7 +421,7 @@ class KameServer:
         session = Session(session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path)
         session.timeline.subscribe(self.metrics.on_event)
         reason = "client closed"
-        sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
+        sender: asyncio.Task[None] | None = None
         ticker = asyncio.create_task(
             self._metrics_loop(ws, session, output), name=f"kame-metrics-{session_id}"
         )
@@ -437,7 +437,8 @@ class KameServer:
                 raise RuntimeError(f"the front-end stopped: {self.failure or self.state}")
             self.sessions[session_id] = session
             self.metrics.sessions_total.inc()
-            await ws.send_bytes(protocol.HANDSHAKE)
+            await ws.send_bytes(protocol.HANDSHAKE)  # before any frame: the sender starts after it
+            sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
             output.on_event(
                 {"type": "session", "session": session_id, "sample_rate": SAMPLE_RATE, "frame_ms": 80}
             )
@@ -459,8 +460,9 @@ class KameServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await ticker
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(sender, timeout=2.0)
+            if sender is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(sender, timeout=2.0)
             if not ws.closed:
                 await ws.close()
 
