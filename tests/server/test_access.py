@@ -86,6 +86,10 @@ def test_tokens_query_bearer_wrong_missing_and_a_reloaded_file(tiny_checkpoint, 
                 "wrong bearer": await upgrade(http, url, headers={"Authorization": "Bearer nope-nope-nope"}),
                 "query": await upgrade(http, url, query=f"?events=1&token={TOKEN}"),
                 "bearer from file": await upgrade(http, url, headers=bearer),
+                "subprotocol": await upgrade(
+                    http, url, protocols=("kame", f"kame.token.{TOKEN.encode().hex()}")
+                ),
+                "wrong subprotocol": await upgrade(http, url, protocols=("kame", "kame.token.6e6f706e6f70")),
             }
             refusal = await http.get(f"{url}/api/chat")  # plain GET: the refusal's body
             body, challenge = await refusal.json(), refusal.headers.get("WWW-Authenticate")
@@ -105,6 +109,7 @@ def test_tokens_query_bearer_wrong_missing_and_a_reloaded_file(tiny_checkpoint, 
         statuses, body, challenge, health, metrics = asyncio.run(scenario())
     assert statuses == {
         "missing": 401, "wrong": 401, "wrong bearer": 401, "query": 101, "bearer from file": 101,
+        "subprotocol": 101, "wrong subprotocol": 401,
         "old file token": 401, "new file token": 101, "flag token still": 101, "after a bad reload": 101,
     }  # fmt: skip
     assert "token" in body["error"] and challenge.startswith("Bearer")

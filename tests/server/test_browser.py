@@ -36,6 +36,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SENTENCE = "What is the capital of France?"
 CONTENT_WORDS = ("capital", "france", "paris")  # a word cut by the talk gate still leaves another
+TOKEN = "browser-test-token-7f3a"  # the server needs it: the page must carry it, and only in memory
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra)")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
@@ -66,7 +67,7 @@ def server(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
     command = [
         sys.executable, "-m", "kame", "serve", "--frontend", tiny_checkpoint,
-        "--max-sessions", "2", "--port", str(port), "--seed", "0",
+        "--max-sessions", "2", "--port", str(port), "--seed", "0", "--auth-token", TOKEN,
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -144,10 +145,14 @@ def browser() -> Iterator[Any]:
         yield driver
 
 
-def open_page(driver: Any, url: str) -> None:
-    driver.get(f"{url}/")
+def open_page(driver: Any, url: str, *, token: str | None = TOKEN) -> None:
+    """Open the page as the link ``kame serve`` prints (``/?token=...``), or without a token."""
+    driver.get(f"{url}/?token={token}" if token else f"{url}/")
     ready = "return Boolean(window.kame && window.kame.ready)"
     wait_for(driver, lambda: driver.execute_script(ready), 15, "the page to load")
+    if token:  # the token left the address bar and the history at once
+        assert "token" not in driver.current_url, driver.current_url
+        assert driver.execute_script("return window.kame.snapshot().hasToken")
 
 
 def snapshot(driver: Any) -> dict[str, Any]:
@@ -353,7 +358,7 @@ def test_full_server_is_explained(server, browser):
     deadline = time.monotonic() + 10
     while _health(server)["sessions"] and time.monotonic() < deadline:
         time.sleep(0.2)
-    ws_url = server.replace("http://", "ws://") + "/api/chat"
+    ws_url = server.replace("http://", "ws://") + f"/api/chat?token={TOKEN}"
     with contextlib.ExitStack() as held:
         for _ in range(2):
             # Unbounded receive queue: a client that never reads would otherwise stall the close handshake.
@@ -368,6 +373,38 @@ def test_full_server_is_explained(server, browser):
         assert "full" in banner.text.lower() and "503" in banner.text, banner.text
         assert driver.find_element(By.ID, "connect").is_displayed()  # a way to try again
         assert driver.find_element(By.ID, "talk").get_attribute("disabled") is not None
+
+
+def test_the_page_asks_for_a_token_and_keeps_it_out_of_history(server, speech_wav):
+    """Opened without a token, the page says one is needed, takes it in a form and connects with it;
+    a wrong one is refused (HTTP 401) and said so. The token never reaches the URL or the console."""
+    with chromium(fake_audio=speech_wav[0]) as driver:
+        open_page(driver, server, token=None)
+        driver.find_element(By.ID, "connect").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "unauthorized", 20, "the token request")
+        assert snapshot(driver)["tokenAsked"] and "access token" in snapshot(driver)["banner"].lower()
+        field = driver.find_element(By.ID, "token-input")
+        field.send_keys("wrong-token-123")
+        driver.find_element(By.ID, "token-submit").click()
+        wait_for(
+            driver,
+            lambda: (
+                snapshot(driver)["connection"] == "unauthorized"
+                and "did not accept" in snapshot(driver)["banner"]
+            ),
+            20,
+            "the wrong token to be refused",
+        )
+        driver.find_element(By.ID, "token-input").send_keys(TOKEN)
+        driver.find_element(By.ID, "token-submit").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "live", 30, "the session to go live")
+        assert "token" not in driver.current_url
+        driver.refresh()  # the tab keeps it (session storage), so a reload needs no new link
+        ready = "return Boolean(window.kame && window.kame.ready)"
+        wait_for(driver, lambda: driver.execute_script(ready), 15, "the page to reload")
+        assert snapshot(driver)["hasToken"] and not snapshot(driver)["tokenAsked"]
+        logs = console(driver)
+        assert TOKEN not in logs and "wrong-token-123" not in logs
 
 
 def test_missing_webcodecs_is_explained(server):

@@ -32,7 +32,7 @@ from kame.runtime.scheduler import FrameStepper, ProcessStepper
 from kame.runtime.session import Session
 from kame.server import protocol
 from kame.server.metrics import ServerMetrics
-from kame.server.security import AccessPolicy, ClientLimiter
+from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -372,7 +372,9 @@ class KameServer:
         except ServerFull as exc:
             self.metrics.sessions_rejected.inc()
             return web.json_response({"error": f"server full: {exc}; try again later"}, status=503)
-        ws = web.WebSocketResponse(max_msg_size=self.config.max_message_bytes, heartbeat=10.0)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.config.max_message_bytes, heartbeat=10.0, protocols=(SUBPROTOCOL,)
+        )
         try:
             await ws.prepare(request)
         except Exception:

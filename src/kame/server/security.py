@@ -1,7 +1,8 @@
 """Who may use the server: access tokens, the browser's ``Origin``, and a per-client connection limit.
 
 Tokens come from ``--auth-token``, ``KAME_AUTH_TOKEN`` or a file (one per line, re-read on SIGHUP) and
-are accepted as ``?token=`` (browsers cannot set headers on a WebSocket) or ``Authorization: Bearer``.
+are accepted as ``?token=``, ``Authorization: Bearer`` or, from the web client (a browser cannot set
+headers on a WebSocket, and logs the URL of one that fails), a ``kame.token.<hex>`` subprotocol.
 They are compared in constant time and never logged: the access log writes request paths without their
 query strings. A WebSocket upgrade from a page on another site is refused whatever its token
 (cross-site WebSocket hijacking): any web page can open a socket to ``localhost``.
@@ -111,12 +112,24 @@ class TokenStore:
         return matched
 
 
+SUBPROTOCOL = "kame"
+TOKEN_SUBPROTOCOL_PREFIX = "kame.token."  # + the token's UTF-8 in hex
+
+
 def request_token(request: web.BaseRequest) -> str | None:
-    """The token a request carries: ``Authorization: Bearer X`` or ``?token=X``."""
+    """The token a request carries: ``Authorization: Bearer X``, ``?token=X``, or (the web client's
+    way: a browser logs failed WebSocket URLs in its console) a ``kame.token.<hex>`` subprotocol."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            try:
+                return bytes.fromhex(offered.removeprefix(TOKEN_SUBPROTOCOL_PREFIX)).decode("utf-8")
+            except ValueError:
+                return None
     return request.query.get("token") or None
 
 

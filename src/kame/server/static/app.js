@@ -4,6 +4,21 @@
 
 import { KameClient, missingFeatures } from "./client.js";
 
+// The access token: taken from the page's URL (/?token=...) once, then kept in this tab's session
+// storage, out of the address bar, the history and any referrer (the page is served no-referrer).
+const TOKEN_KEY = "kame.token";
+function takeToken() {
+  const url = new URL(location.href);
+  if (url.searchParams.has("token")) {
+    const given = url.searchParams.get("token");
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", `${url.pathname}${url.search}${url.hash}`);
+    if (given) sessionStorage.setItem(TOKEN_KEY, given);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+let token = takeToken();
+
 const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"),
@@ -33,6 +48,8 @@ const ui = {
   oracleTime: $("oracle-time"),
   oracleText: $("oracle-text"),
   oracleHistory: $("oracle-history"),
+  tokenForm: $("token-form"),
+  tokenInput: $("token-input"),
 };
 
 const NEW_TURN_GAP_S = 1.2; // a pause this long in the assistant's words starts a new paragraph
@@ -76,6 +93,8 @@ window.kame = {
       events: { ...state.events },
       stats: state.client ? { ...state.client.stats } : null,
       banner: ui.banner.hidden ? null : `${ui.bannerTitle.textContent} ${ui.bannerText.textContent}`.trim(),
+      tokenAsked: !ui.tokenForm.hidden,
+      hasToken: Boolean(token),
     };
   },
 };
@@ -117,6 +136,7 @@ const STATUS_TEXT = {
   live: "Live",
   closed: "Disconnected",
   full: "Server full",
+  unauthorized: "Access token needed",
   error: "Error",
 };
 
@@ -139,7 +159,12 @@ function setConnection(connection, detail = "") {
     hideBanner();
     ui.talk.focus();
   }
-  if (connection === "full") {
+  ui.tokenForm.hidden = connection !== "unauthorized";
+  if (connection === "unauthorized") {
+    showBanner("An access token is needed", `${detail} Ask whoever runs the server, or open the link it printed.`);
+    ui.connect.hidden = true;
+    ui.tokenInput.focus();
+  } else if (connection === "full") {
     showBanner("The server is full", detail || "Every session is in use. Try again in a minute.");
     ui.connect.textContent = "Try again";
   } else if (connection === "error") {
@@ -156,7 +181,7 @@ async function connect() {
   hideBanner();
   ui.connect.disabled = true;
   resetPanels();
-  const client = new KameClient();
+  const client = new KameClient({ token });
   state.client = client;
   client.on("state", ({ state: s, detail }) => {
     if (client === state.client) setConnection(s, detail);
@@ -245,6 +270,16 @@ ui.latch.addEventListener("change", updateTalking);
 ui.connect.addEventListener("click", connect);
 ui.hangup.addEventListener("click", hangUp);
 ui.bannerClose.addEventListener("click", hideBanner);
+ui.tokenForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const given = ui.tokenInput.value.trim();
+  ui.tokenInput.value = "";
+  if (!given) return;
+  token = given;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  ui.tokenForm.hidden = true;
+  connect();
+});
 
 // ---- panels ---------------------------------------------------------------------------------------
 function resetPanels() {

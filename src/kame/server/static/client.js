@@ -36,17 +36,18 @@ async function supported(codecClass, config) {
 
 /**
  * One conversation with the server. Events (subscribe with `on(type, fn)`):
- *  state {state, detail}  — connecting | queued | live | closed | full | error
+ *  state {state, detail}  — connecting | queued | live | closed | full | unauthorized | error
  *  event {…}              — every 0x04 metadata object (session, partial, final, oracle_*, assistant, metrics…)
  *  text {piece}           — a 0x02 inner-monologue piece
  *  level {input, output}  — microphone (after the talk gate) and reply loudness, 0..1
  *  playback {…}           — jitter buffer statistics
  */
 export class KameClient {
-  constructor({ url, prefillSeconds = 0.1, maxLatencySeconds = 0.5 } = {}) {
+  constructor({ url, token = null, prefillSeconds = 0.1, maxLatencySeconds = 0.5 } = {}) {
     // Relative to the page, so that the client also works behind a reverse proxy under a path prefix.
     const ws = new URL("api/chat?events=1", location.href);
     ws.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    this.token = token;
     this.url = url ?? ws.href;
     this.playbackOptions = { prefillSeconds, maxLatencySeconds, capacitySeconds: 4 };
     this.listeners = new Map();
@@ -284,7 +285,14 @@ export class KameClient {
   // -- the socket ----------------------------------------------------------------------------------
   #openSocket() {
     this.#setState("connecting", "Connecting to the server…");
-    const ws = new WebSocket(this.url);
+    // A browser cannot set headers on a WebSocket, and prints the URL of one that fails in its
+    // console: the token rides in a subprotocol ("kame.token." + its UTF-8 in hex), never in a URL.
+    const protocols = ["kame"];
+    if (this.token) {
+      const hex = Array.from(new TextEncoder().encode(this.token), (b) => b.toString(16).padStart(2, "0")).join("");
+      protocols.push(`kame.token.${hex}`);
+    }
+    const ws = new WebSocket(this.url, protocols);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.opened = false;
@@ -336,8 +344,13 @@ export class KameClient {
     this.#teardown();
     if (wasStopped) return;
     if (!this.opened) {
-      // A refused upgrade (HTTP 503 when every session is taken) looks like any failed connection to
-      // a page; the health endpoint tells which it was.
+      // A refused upgrade (401 no token, 403 foreign page, 503 full) looks like any failed connection
+      // to a page; a plain request to the same endpoint and the health endpoint tell which it was.
+      const refusal = await this.#refusal();
+      if (refusal) {
+        this.#setState(refusal.state, refusal.detail);
+        return;
+      }
       const full = await this.#serverIsFull();
       if (full) {
         this.#setState("full", full);
@@ -348,6 +361,23 @@ export class KameClient {
     }
     const why = this.serverError ?? (event.reason || `the connection closed (code ${event.code})`);
     this.#setState("closed", `The session ended: ${why}`);
+  }
+
+  async #refusal() {
+    try {
+      const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+      const response = await fetch(new URL("api/chat", location.href), { cache: "no-store", headers });
+      if (response.status === 401)
+        return {
+          state: "unauthorized",
+          detail: this.token ? "The server did not accept this access token." : "This server needs an access token.",
+        };
+      if (response.status === 403) return { state: "error", detail: "The server does not accept sessions from this page's origin (HTTP 403)." };
+      if (response.status === 429) return { state: "error", detail: "Too many connections from this address (HTTP 429). Close another tab and try again." };
+    } catch {
+      /* unreachable: said below */
+    }
+    return null;
   }
 
   async #serverIsFull() {
