@@ -52,32 +52,53 @@ def speech_loop() -> np.ndarray:
     return np.concatenate([speech, np.zeros(int(2.5 * 24000), np.float32)])
 
 
-async def client(url: str, audio: np.ndarray, seconds: float, offset: int) -> dict:
+def encode_loop(audio: np.ndarray, seconds: float) -> list[bytes]:
+    """The Ogg Opus a client sends, frame by frame, for ``seconds``: encoded once, before the clock
+    starts, so that the clients' own Opus work cannot be what limits the server."""
     writer = sphn.OpusStreamWriter(24000)
-    reader = sphn.OpusStreamReader(24000)
-    received = 0
-    errors: list[str] = []
     frames = len(audio) // FRAME_SIZE
+    pages = []
+    for i in range(int(seconds / 0.08) + 1):
+        index = i % frames
+        pages.append(writer.append_pcm(audio[index * FRAME_SIZE : (index + 1) * FRAME_SIZE]))
+    return pages
+
+
+def last_granule_s(data: bytes) -> float | None:
+    """Seconds of audio up to the last Ogg page in ``data`` (its granule position, 48 kHz): how much
+    reply audio arrived, read from page headers instead of decoding."""
+    at = data.rfind(b"OggS")
+    if at < 0 or len(data) < at + 14:
+        return None
+    granule = int.from_bytes(data[at + 6 : at + 14], "little", signed=True)
+    return granule / 48000 if granule >= 0 else None
+
+
+async def client(url: str, pages: list[bytes], seconds: float, start_delay: float) -> dict:
+    received_bytes = 0
+    reply_s = 0.0
+    errors: list[str] = []
+    await asyncio.sleep(start_delay)  # clients do not all join on the same frame
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/api/chat") as ws:
 
         async def receive() -> None:
-            nonlocal received
+            nonlocal received_bytes, reply_s
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     return
-                if msg.data[:1] == bytes([protocol.KIND_AUDIO]):
-                    received += reader.append_bytes(msg.data[1:]).size
-                elif msg.data[:1] == bytes([protocol.KIND_ERROR]):
+                kind = msg.data[0]
+                if kind == protocol.KIND_AUDIO:
+                    received_bytes += len(msg.data) - 1
+                    reply_s = last_granule_s(msg.data) or reply_s
+                elif kind == protocol.KIND_ERROR:
                     errors.append(msg.data[1:].decode())
 
         receiver = asyncio.create_task(receive())
         start = time.perf_counter()
         sent = 0
-        while time.perf_counter() - start < seconds:
-            index = (offset + sent) % frames
-            ogg = writer.append_pcm(audio[index * FRAME_SIZE : (index + 1) * FRAME_SIZE])
-            if ogg:
-                await ws.send_bytes(protocol.audio_message(ogg))
+        while time.perf_counter() - start < seconds and sent < len(pages):
+            if pages[sent]:
+                await ws.send_bytes(protocol.audio_message(pages[sent]))
             sent += 1
             delay = start + sent * 0.08 - time.perf_counter()
             if delay > 0:
@@ -86,20 +107,23 @@ async def client(url: str, audio: np.ndarray, seconds: float, offset: int) -> di
         await ws.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(receiver, 3)
-    return {"received_audio_s": received / 24000, "elapsed_s": elapsed, "errors": errors}
+    return {
+        "received_audio_s": reply_s,
+        "received_bytes": received_bytes,
+        "elapsed_s": elapsed,
+        "errors": errors,
+    }
 
 
 async def run_clients(url: str, n: int, seconds: float) -> list[dict]:
-    audio = speech_loop()
-    frames_per_loop = len(audio) // FRAME_SIZE
-    return await asyncio.gather(
-        *(client(url, audio, seconds, i * frames_per_loop // max(n, 1)) for i in range(n))
-    )
+    pages = encode_loop(speech_loop(), seconds)
+    return await asyncio.gather(*(client(url, pages, seconds, 0.08 * i / max(n, 1)) for i in range(n)))
 
 
 async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dict:
     stats = server.stepper.stats
     before = (stats.steps, stats.frames, stats.late_frames, stats.resyncs)
+    cpu_before = server.cpu.sample()
     stats.step_s.clear()
     lags: list[float] = []
     ttfts: list[float] = []
@@ -131,6 +155,9 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
         underruns += session.metrics.input_underruns
     steps = stats.steps - before[0]
     frames = stats.frames - before[1]
+    cpu_after = server.cpu.sample()
+    server_cpu_s = cpu_after.server_s - cpu_before.server_s
+    frontend_cpu_s = cpu_after.frontend_s - cpu_before.frontend_s
     late = stats.late_frames - before[2]
     step_ms = [s * 1e3 for s in stats.step_s]
     return {
@@ -141,6 +168,8 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
         "step_ms_p50": round(statistics.median(step_ms), 2) if step_ms else None,
         "step_ms_p99": round(float(np.percentile(step_ms, 99)), 2) if step_ms else None,
         "resyncs": stats.resyncs - before[3],
+        "server_cpu_ms_per_frame": round(1e3 * server_cpu_s / frames, 3) if frames else None,
+        "frontend_cpu_ms_per_frame": round(1e3 * frontend_cpu_s / frames, 3) if frames else None,
         "oracle_lag_ms_median": round(statistics.median(lags) * 1e3, 1) if lags else None,
         "oracle_lag_ms_p90": round(float(np.percentile(lags, 90)) * 1e3, 1) if lags else None,
         "oracle_events_applied": len(lags),
@@ -160,6 +189,8 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                 frontend=args.frontend, device=args.device, max_sessions=slots, warm_up_frames=20
             )
         )
+        if args.audio_batch_ms is not None:
+            stepper.audio_batch_s = args.audio_batch_ms / 1e3
     else:
         engine = FrontendEngine(load_frontend(args.frontend, device=args.device), max_sessions=slots)
         warm_up(engine, 20)
@@ -168,7 +199,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = KameServer(stepper, backend, ServerConfig(port=port, idle_timeout_s=30))
+    server = KameServer(stepper, backend, ServerConfig(port=port, idle_timeout_s=30, max_per_client=None))
     runner = web.AppRunner(server.app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -199,6 +230,10 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--audio-batch-ms", type=float, default=None,
+        help="coalesce user audio for the frame-clock process this long (0: one pipe message per packet)",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     parser.add_argument("--client-mode", default=None, metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -426,6 +426,13 @@ class ProcessStepper:
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int], SessionSink]] = {}
         self._ids = itertools.count()
         self._send_lock = threading.Lock()
+        # User audio is coalesced for ``audio_batch_s`` into one pipe message for all sessions: one
+        # message per session per packet cost both processes a pickle, a syscall and (in the child) the
+        # interpreter lock, taken from the step, each time.
+        self.audio_batch_s = 0.01
+        self._audio: list[tuple[int, np.ndarray]] = []
+        self._audio_lock = threading.Lock()
+        self._flush_pending = False
         self._conn: Any = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._receiver: threading.Thread | None = None
@@ -434,6 +441,12 @@ class ProcessStepper:
     @property
     def active(self) -> int:
         return len(self._sinks)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
 
     def start(self) -> None:
         """Spawn the child, let it load and warm up the front-end, and wait until it is ready."""
@@ -493,6 +506,8 @@ class ProcessStepper:
                 self._conn.close()
         self._process = self._receiver = None
         self._sinks.clear()
+        with self._audio_lock:
+            self._audio.clear()
         for loop, future, _ in self._pending.values():
             loop.call_soon_threadsafe(_settle, future, None, RuntimeError("the front-end process restarted"))
         self._pending.clear()
@@ -524,11 +539,31 @@ class ProcessStepper:
     def leave(self, slot: int) -> None:
         self._sinks.pop(slot, None)
         if self.failure is None:
+            self._flush_audio()  # before the slot can be handed to another session
             self._send(("leave", slot))
 
     def push_audio(self, slot: int, pcm: np.ndarray) -> None:
-        if self.failure is None:
-            self._send(("audio", slot, np.asarray(pcm, dtype=np.float32)))
+        if self.failure is not None:
+            return
+        if self.audio_batch_s <= 0:
+            self._send(("audio", [(slot, np.asarray(pcm, dtype=np.float32))]))
+            return
+        with self._audio_lock:
+            self._audio.append((slot, np.asarray(pcm, dtype=np.float32)))
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        try:
+            asyncio.get_running_loop().call_later(self.audio_batch_s, self._flush_audio)
+        except RuntimeError:  # not on an event loop: no batching
+            self._flush_audio()
+
+    def _flush_audio(self) -> None:
+        with self._audio_lock:
+            batch, self._audio = self._audio, []
+            self._flush_pending = False
+        if batch and self.failure is None:
+            self._send(("audio", batch))
 
     def send_oracle(self, slot: int, event: OracleEvent) -> None:
         if self.failure is None:
@@ -644,7 +679,8 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
                 return
             kind = message[0]
             if kind == "audio":
-                clock.push_audio(message[1], message[2])
+                for slot, pcm in message[1]:
+                    clock.push_audio(slot, pcm)
             elif kind == "join":
                 clock.submit(lambda m=message: join(m[1], m[2]))
             elif kind == "leave":

@@ -31,7 +31,7 @@ from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FrameStepper, ProcessStepper
 from kame.runtime.session import Session
 from kame.server import protocol
-from kame.server.metrics import ServerMetrics
+from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class KameServer:
         self.stepper.on_step = self.metrics.on_step
         self.gate = CapacityGate(stepper.capacity, self.config.queue_size, self.config.when_full == "queue")
         self.limiter = ClientLimiter(self.config.max_per_client)
+        self.cpu = CpuMeter(lambda: self.stepper.stats.frames, lambda: getattr(self.stepper, "pid", None))
         self.sessions: dict[str, Session] = {}
         self._sockets: dict[str, tuple[web.WebSocketResponse, WebSocketOutput]] = {}
         self._ids = itertools.count(1)
@@ -250,8 +251,12 @@ class KameServer:
     # -- the supervisor -----------------------------------------------------------------------------
     async def _supervise(self) -> None:
         """Watch the front-end; restart a dead process with backoff, or end the server (thread clock)."""
+        next_cpu = 0.0
         while True:
             await asyncio.sleep(self.config.supervise_interval_s)
+            if time.monotonic() >= next_cpu:
+                self.cpu.update(self.metrics)
+                next_cpu = time.monotonic() + 1.0
             failure = self.failure
             if failure is None or self.state in ("error", "draining"):
                 continue

@@ -6,9 +6,14 @@ to first token and errors. Everything lands in one registry per server so that t
 
 from __future__ import annotations
 
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.5)
 LAG_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -62,6 +67,16 @@ class ServerMetrics:
         self.errors = Counter(
             "kame_errors_total", "Errors on session timelines, by source", ["source"], registry=r
         )
+        self.cpu_per_frame = Gauge(
+            "kame_cpu_ms_per_session_frame",
+            "CPU milliseconds per session-frame over the last ~10 s, by process (server: WebSockets, Opus, "
+            "sessions, back-end; frontend: the frame-clock child, when there is one)",
+            ["process"], registry=r,
+        )  # fmt: skip
+        self.cpu_seconds = Gauge(
+            "kame_cpu_seconds", "CPU seconds used since start, by process", ["process"], registry=r
+        )
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, process_cpu_...
 
     def on_step(self, step_s: float, sessions: int, late: bool) -> None:
         """Frame-clock observer (called on the stepper's thread)."""
@@ -84,3 +99,61 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float  # monotonic seconds
+    server_s: float  # CPU seconds of this process (every thread)
+    frontend_s: float  # CPU seconds of the frame-clock child process (0 without one)
+    frames: int  # session-frames stepped so far
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc (0 where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+class CpuMeter:
+    """CPU time per session-frame of the server process and of the frame-clock child."""
+
+    def __init__(
+        self, frames: Callable[[], int], child_pid: Callable[[], int | None], window_s: float = 10.0
+    ):
+        self._frames = frames
+        self._child_pid = child_pid
+        self._window_s = window_s
+        self._child_base = 0.0  # CPU of children that died (a restarted front-end starts at 0 again)
+        self._child_last = 0.0
+        self._pid: int | None = None
+        self._samples: deque[CpuSample] = deque()
+
+    def sample(self) -> CpuSample:
+        pid = self._child_pid()
+        if pid != self._pid:
+            self._child_base += self._child_last
+            self._child_last, self._pid = 0.0, pid
+        if pid is not None:
+            self._child_last = max(self._child_last, process_cpu_s(pid))
+        return CpuSample(
+            time.monotonic(), time.process_time(), self._child_base + self._child_last, self._frames()
+        )
+
+    def update(self, metrics: ServerMetrics) -> None:
+        """Take a sample and set the gauges over the window (called every second or so)."""
+        now = self.sample()
+        self._samples.append(now)
+        while len(self._samples) > 2 and now.at - self._samples[0].at > self._window_s:
+            self._samples.popleft()
+        metrics.cpu_seconds.labels("server").set(now.server_s)
+        metrics.cpu_seconds.labels("frontend").set(now.frontend_s)
+        first = self._samples[0]
+        frames = now.frames - first.frames
+        if frames > 0:
+            metrics.cpu_per_frame.labels("server").set(1e3 * (now.server_s - first.server_s) / frames)
+            metrics.cpu_per_frame.labels("frontend").set(1e3 * (now.frontend_s - first.frontend_s) / frames)
