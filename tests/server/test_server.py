@@ -334,3 +334,22 @@ def test_frame_clock_in_a_child_process(tiny_checkpoint, question):
     assert a.of_type("oracle_end") and a.of_type("final")
     assert health["steps"] > 20 and health["sessions"] == 0
     assert stepper._process is not None and not stepper._process.is_alive()  # stopped with the server
+
+
+def test_audio_faster_than_real_time_is_dropped_not_passed_on(tiny_checkpoint):
+    """A client that sends 6 s of audio at once: beyond 1 s ahead of real time it is dropped (the shared
+    STT never works for it), counted, and the session goes on."""
+    tone = (0.1 * np.sin(np.arange(24000 * 6) * 0.05)).astype(np.float32)
+
+    async def scenario():
+        async with running_server(tiny_checkpoint) as server:
+            got = await talk(server.url, tone, pace=0.002)
+            async with aiohttp.ClientSession() as http:
+                metrics = await (await http.get(server.url + "/metrics")).text()
+        return got, metrics
+
+    got, metrics = asyncio.run(scenario())
+    dropped = float(next(line.split()[1] for line in metrics.splitlines()
+                         if line.startswith("kame_input_too_fast_seconds_total ")))  # fmt: skip
+    assert got.handshake and not got.errors
+    assert 3.0 < dropped < 6.0

@@ -51,6 +51,7 @@ class ServerConfig:
     max_session_s: float | None = 3600.0
     metrics_interval_s: float = 1.0
     max_outgoing: int = 400  # messages waiting for a slow client; beyond this audio is dropped
+    max_audio_ahead_s: float = 1.0  # audio a client may send ahead of real time; beyond, it is dropped
     timeline_dir: str | None = None
     max_per_client: int | None = 8  # concurrent connections per client address (None: no limit)
     handshake_timeout_s: float = 10.0  # request head, TLS, and upgrade-to-session-start, each
@@ -476,6 +477,7 @@ class KameServer:
     async def _receive_loop(self, ws: web.WebSocketResponse, session: Session) -> str:
         reader = sphn.OpusStreamReader(SAMPLE_RATE)
         started = time.monotonic()
+        accepted_s = 0.0  # a client faster than real time must not make the shared STT work for it
         while True:
             limit = self.config.max_session_s
             if limit is not None and time.monotonic() - started > limit:
@@ -493,7 +495,11 @@ class KameServer:
                         pcm = reader.append_bytes(message.payload)
                     except ValueError as exc:
                         raise protocol.ProtocolError(f"audio is not Ogg Opus at 24 kHz ({exc})") from exc
-                    if pcm.size:
+                    seconds = pcm.size / SAMPLE_RATE
+                    if accepted_s + seconds > time.monotonic() - started + self.config.max_audio_ahead_s:
+                        self.metrics.input_too_fast.inc(seconds)
+                    elif pcm.size:
+                        accepted_s += seconds
                         session.push_audio(pcm, SAMPLE_RATE)
             elif msg.type == WSMsgType.TEXT:
                 raise protocol.ProtocolError("text frames are not part of the protocol: send binary messages")

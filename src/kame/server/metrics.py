@@ -38,6 +38,10 @@ class ServerMetrics:
             "WebSocket upgrades refused by access rules, by HTTP status (401 token, 403 origin, 429 limit)",
             ["status"], registry=r,
         )  # fmt: skip
+        self.input_too_fast = Counter(
+            "kame_input_too_fast_seconds_total",
+            "User audio dropped because a client sent it faster than real time", registry=r,
+        )  # fmt: skip
         self.frontend_restarts = Counter(
             "kame_frontend_restarts_total",
             "Times the front-end process was restarted after dying",
