@@ -72,6 +72,11 @@ class FaultyLLM:
         self.counts[fate] += 1
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the oracle engine cancels stale answers
+            await self._stream(request, response, fate)
+        return response
+
+    async def _stream(self, request: web.Request, response: web.StreamResponse, fate: str) -> None:
         words = ANSWER.split()
         for i, word in enumerate(words):
             delta = {"index": 0, "delta": {"content": (" " if i else "") + word}, "finish_reason": None}
@@ -82,9 +87,8 @@ class FaultyLLM:
                 await asyncio.sleep(60)  # the oracle engine gives up on it or moves on
             if i == 2 and fate == "die":
                 request.transport.close()
-                return response
+                return
         await response.write(b"data: [DONE]\n\n")
-        return response
 
 
 # -- clients ----------------------------------------------------------------------------------------
