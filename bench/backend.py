@@ -151,7 +151,7 @@ async def bench_llm(llm: Any, questions: list[str]) -> dict[str, Any]:
 # -- 4. Everything together in real time -----------------------------------------------------------------
 async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> dict[str, Any]:
     from kame.backend.oracle_engine import OracleConfig, OracleEngine
-    from kame.runtime.timeline import Timeline
+    from kame.timeline import Timeline
 
     audio, rate, utterances, starts = conversation(texts, "piper", gap_s=2.0, tail_s=1.5)
     stt = create_stt("whisper")

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from moshi.models.lm import LMGen, LMModel
 
+from kame.frames import FRAME_SIZE
 from kame.frontend.checkpoint import random_frontend
 from kame.frontend.compile import compile_policy
-from kame.frontend.engine import FRAME_SIZE
 from kame.frontend.generator import OracleGenerator, SamplingConfig
 
 

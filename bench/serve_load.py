@@ -31,8 +31,9 @@ import torch
 from aiohttp import web
 
 from kame.audio.io import load_audio
+from kame.frames import FRAME_SIZE
 from kame.frontend.checkpoint import load_frontend
-from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend, BackendSpec
 from kame.runtime.scheduler import FrameStepper, FrontendProcessSpec, ProcessStepper, warm_up
 from kame.server import protocol

@@ -7,7 +7,7 @@ from backend_speech import QUESTIONS, conversation
 
 from kame.audio.io import write_wav
 from kame.cli import main
-from kame.runtime.timeline import read_jsonl
+from kame.timeline import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from aiohttp import web
 
 from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
 from kame.backend.oracle_engine import OracleConfig, OracleEngine, OraclePolicy
-from kame.backend.oracle_events import OracleEvent
 from kame.backend.prompts import load_prompt
 from kame.backend.stt.base import Transcript
-from kame.runtime.timeline import Timeline
+from kame.oracle import OracleOp as OracleEvent
+from kame.timeline import Timeline
 
 
 class ScriptedLLM(LLMProvider):

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from kame.backend.stt import STTError, create_stt
-from kame.backend.stt.kyutai import FRAME_RATE, KyutaiConfig, KyutaiModels, KyutaiSTT, WordDecoder
+from kame.backend.stt.kyutai import KyutaiConfig, KyutaiModels, KyutaiSTT, WordDecoder
+from kame.frames import FRAME_RATE
 from kame.frontend.checkpoint import preset_mimi, train_tiny_tokenizer
 from kame.frontend.presets import mimi_config
 

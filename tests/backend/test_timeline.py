@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from kame.runtime.timeline import Timeline, VirtualClock, read_jsonl
+from kame.timeline import Timeline, VirtualClock, read_jsonl
 
 
 def test_events_carry_time_audio_time_session_type_and_text(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 
 from kame.audio.io import resample
 from kame.audio.tts import create_tts
+from kame.frames import FRAME_SIZE
 from kame.frontend.checkpoint import load_frontend
-from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend, BackendSpec
 from kame.runtime.scheduler import FrameStepper, SlotState
 from kame.runtime.session import Session

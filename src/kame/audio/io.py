@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-MODEL_SAMPLE_RATE = 24000
+from kame.frames import SAMPLE_RATE
 
 
 class AudioFormatError(ValueError):
@@ -39,7 +39,36 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, from_rate, to_rate).astype(np.float32, copy=False)
 
 
-def load_audio(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE) -> np.ndarray:
+class StreamResampler:
+    """Streaming resampling of float32 mono to ``to_rate``, chunk by chunk with no clicks at chunk
+    boundaries; a change of input rate starts a new stream."""
+
+    def __init__(self, to_rate: int) -> None:
+        self.to_rate = to_rate
+        self.from_rate: int | None = None
+        self._stream: soxr.ResampleStream | None = None
+
+    def __call__(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        if rate <= 0:
+            raise ValueError(f"sample rate must be positive, got {rate}")
+        if rate != self.from_rate:
+            self.from_rate = rate
+            self._stream = (
+                None if rate == self.to_rate else soxr.ResampleStream(rate, self.to_rate, 1, dtype="float32")
+            )
+        if self._stream is None:
+            return audio
+        return self._stream.resample_chunk(audio)
+
+    def flush(self) -> np.ndarray:
+        """The resampler's delayed tail; the resampler is then released."""
+        stream, self._stream, self.from_rate = self._stream, None, None
+        if stream is None:
+            return np.zeros(0, np.float32)
+        return stream.resample_chunk(np.zeros(0, np.float32), last=True)
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read any file libsndfile knows, as float32 mono at ``sample_rate``."""
     path = Path(path)
     if not path.is_file():
@@ -53,7 +82,7 @@ def load_audio(path: str | Path, sample_rate: int = MODEL_SAMPLE_RATE) -> np.nda
     return resample(to_mono(data), rate, sample_rate)
 
 
-def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = MODEL_SAMPLE_RATE) -> Path:
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write float32 mono audio as 16-bit PCM WAV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,10 @@
 """The oracle engine: turns a growing transcript into a live stream of candidate answers (oracles).
 
+Three parts, one job each: the ``Conversation`` (turns, history, what the assistant actually said),
+the policy (``oracle_policy``: a pure function from state and time to a decision), and this module's
+``OracleEngine``, the stream runner: it feeds transcripts to the conversation, asks the policy, runs
+the LLM calls, cancels them and emits the events.
+
 While the user speaks, the engine keeps asking the LLM again with what has been heard so far, and
 streams each answer to the front-end as oracle events: ``reset`` when a newer answer takes over (with
 its first text), ``append`` for the rest, ``end`` when it is complete. Answers to stale transcripts are
@@ -27,13 +32,31 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
+from kame.backend import oracle_policy
+from kame.backend.conversation import Conversation, PromptFormat
 from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
-from kame.backend.oracle_events import OracleEvent, OracleSink
+from kame.backend.oracle_policy import OraclePolicy, PolicyState, RunningStream
 from kame.backend.prompts import load_prompt
 from kame.backend.stt.base import STTError, STTStream, Transcript
-from kame.runtime.timeline import Timeline
+from kame.events import (
+    ORACLE_SENT,
+    AssistantText,
+    Error,
+    Final,
+    LLMDone,
+    LLMFirstToken,
+    LLMRequest,
+    LLMTruncated,
+    OracleCancel,
+    Partial,
+    TranscriptDropped,
+)
+from kame.oracle import OracleKind, OracleOp, OracleSink
+from kame.queues import DropOldest
+from kame.timeline import Timeline
+
+__all__ = ["OracleConfig", "OracleEngine", "OraclePolicy", "OracleStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,42 +65,11 @@ _UNSPEAKABLE = re.compile(r"[*#_`~|<>\[\]{}\\^]")
 
 
 @dataclass
-class OraclePolicy:
-    """When to (re)ask the LLM. Defaults are the released KAME policy, decided per transcript."""
-
-    mode: Literal["restart", "parallel"] = "restart"
-    min_new_words: int = 2  # start a new answer when the user said this many more words...
-    restart_on_final: bool = True  # ...or an utterance ended
-    max_restarts: int = 5  # at most this many starts...
-    restart_window_s: float = 2.0  # ...in any window this long
-    poll_interval_s: float | None = None  # None: decide on each transcript; 0.5: the released polling
-    max_parallel: int = 5  # parallel mode: streams running at once
-    parallel_interval_s: float = 0.5  # parallel mode: least time between two starts
-    error_backoff_s: float = 1.0  # after an LLM error, wait this long before asking again
-    # Restart mode: new words do not cancel an answer that has waited less than this for its first token
-    # (a final still does). When the LLM's time to first token exceeds the partial cadence, the released
-    # policy cancels every answer before it says anything; this lets each one through. 0: released.
-    first_token_grace_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("restart", "parallel"):
-            raise ValueError(f"policy mode must be 'restart' or 'parallel', got {self.mode!r}")
-        if self.min_new_words < 1 or self.max_restarts < 1 or self.max_parallel < 1:
-            raise ValueError("min_new_words, max_restarts and max_parallel must be >= 1")
-        if self.restart_window_s <= 0 or min(self.parallel_interval_s, self.error_backoff_s) < 0:
-            raise ValueError("restart_window_s must be > 0; parallel_interval_s, error_backoff_s >= 0")
-        if self.first_token_grace_s < 0:
-            raise ValueError(f"first_token_grace_s must be >= 0, got {self.first_token_grace_s}")
-        if self.poll_interval_s is not None and self.poll_interval_s <= 0:
-            raise ValueError(f"poll_interval_s must be > 0 or None, got {self.poll_interval_s}")
-
-
-@dataclass
 class OracleConfig:
     policy: OraclePolicy = field(default_factory=OraclePolicy)
     system_prompt: str | None = None  # the prompt itself; None: ``system_prompt_file`` or the default
     system_prompt_file: str | None = None
-    prompt_format: Literal["chat", "transcript"] = "chat"  # turns as chat roles, or one transcript
+    prompt_format: PromptFormat = "chat"  # turns as chat roles, or one transcript
     max_history_messages: int = 16  # earlier conversation kept in the prompt
     max_tokens: int = 64
     temperature: float = 0.3
@@ -132,12 +124,6 @@ class _Stream:
     done: bool = False
 
 
-@dataclass
-class _Turn:
-    role: Literal["user", "assistant"]
-    text: str
-
-
 class OracleEngine:
     """One session's oracle engine. Create, ``await start()``, feed transcripts, ``await aclose()``."""
 
@@ -159,13 +145,12 @@ class OracleEngine:
         self._sink: OracleSink | None = sink
         self.stats = OracleStats()
         self.last_error: str | None = None
-        self._turns: list[_Turn] = []
-        self._partial = ""  # the current utterance, not final yet
-        self._finals_words = 0  # user words in finals so far
+        self.conversation_state = Conversation()
         self._words_at_start = 0  # user words when the last stream started
         self._finals_since_start = 0
-        self._covered = 0.0  # audio covered by the newest transcript
-        self._queue: deque[Transcript] = deque()
+        self._queue: DropOldest[Transcript] = DropOldest(
+            self.config.max_queued_transcripts, lambda t: t.kind == "partial"
+        )
         self._changed: asyncio.Event | None = None
         self._decider: asyncio.Task[None] | None = None
         self._streams: dict[int, _Stream] = {}
@@ -205,33 +190,30 @@ class OracleEngine:
         """A partial or final from the STT (call on the event loop; returns at once)."""
         if self._changed is None:
             raise RuntimeError("call `await engine.start()` before feeding transcripts")
-        self.timeline.record(
-            transcript.kind,
-            transcript.text,
-            utterance=transcript.utterance,
-            words=[[w.text, w.start, w.end] for w in transcript.words],
-            covered=round(transcript.audio_t, 3),
-            stable=transcript.stable,
-            compute_s=round(transcript.compute_s, 4),
+        event = Final if transcript.kind == "final" else Partial
+        self.timeline.emit(
+            event(
+                text=transcript.text,
+                utterance=transcript.utterance,
+                words=[[w.text, w.start, w.end] for w in transcript.words],
+                covered=round(transcript.audio_t, 3),
+                stable=transcript.stable,
+                compute_s=round(transcript.compute_s, 4),
+            )
         )
         self.stats.transcripts += 1
-        self._queue.append(transcript)
-        if len(self._queue) > self.config.max_queued_transcripts:
-            victim = next((t for t in self._queue if t.kind == "partial"), self._queue[0])
-            self._queue.remove(victim)
+        victim = self._queue.push(transcript)
+        if victim is not None:
             self.stats.dropped_transcripts += 1
-            self.timeline.record("transcript_dropped", victim.text, kind=victim.kind)
+            self.timeline.emit(TranscriptDropped(text=victim.text, kind=victim.kind))
         self._changed.set()
 
     def add_assistant_text(self, text: str) -> None:
         """Words the assistant actually said (the front-end's text), in order, as they are spoken."""
         if not text or not text.strip():
             return
-        self.timeline.record("assistant_text", text)
-        if self._turns and self._turns[-1].role == "assistant":
-            self._turns[-1].text = _join(self._turns[-1].text, text)
-        else:
-            self._turns.append(_Turn("assistant", text.strip()))
+        self.timeline.emit(AssistantText(text=text))
+        self.conversation_state.add_assistant_text(text)
 
     async def run(self, stream: STTStream) -> None:
         """Feed every transcript of ``stream`` until it ends; an STT failure is recorded, not raised."""
@@ -254,11 +236,11 @@ class OracleEngine:
     # -- state --------------------------------------------------------------------------------------
     @property
     def user_words(self) -> int:
-        return self._finals_words + len(self._partial.split())
+        return self.conversation_state.user_words
 
     @property
     def current_oracle(self) -> str:
-        """The text of the oracle the front-end is reading (the last adopted answer)."""
+        """The text of the oracle the front-end is reading now."""
         return self._oracle_text
 
     @property
@@ -286,7 +268,7 @@ class OracleEngine:
         poll = self.policy.poll_interval_s
         next_poll = loop.time() + (poll or 0.0)
         while not self._closed:
-            wake_in = self._next_wakeup()
+            wake_in = oracle_policy.next_wakeup(self.policy, self._policy_state(), self.timeline.now())
             if poll is not None:
                 wake_in = max(0.0, next_poll - loop.time()) if wake_in is None else min(wake_in, poll)
             try:
@@ -309,91 +291,50 @@ class OracleEngine:
                 self._record_error(None, f"deciding failed: {type(exc).__name__}: {exc}", "engine")
 
     def _absorb(self) -> None:
-        """Apply queued transcripts to the conversation state."""
+        """Apply queued transcripts to the conversation."""
         while self._queue:
-            transcript = self._queue.popleft()
-            self._covered = max(self._covered, transcript.audio_t)
-            if transcript.kind == "final":
-                self._partial = ""
-                if transcript.text.strip():
-                    self._finals_words += len(transcript.text.split())
-                    if self._turns and self._turns[-1].role == "user":
-                        self._turns[-1].text = _join(self._turns[-1].text, transcript.text)
-                    else:
-                        self._turns.append(_Turn("user", transcript.text.strip()))
-                    self._finals_since_start += 1
-            else:
-                self._partial = transcript.text.strip()
+            if self.conversation_state.hear(self._queue.popleft()):
+                self._finals_since_start += 1
+
+    def _policy_state(self) -> PolicyState:
+        running = tuple(
+            RunningStream(s.id, s.started, s.first_token is not None)
+            for s in self._streams.values()
+            if not s.done
+        )
+        return PolicyState(
+            has_user_text=bool(self.conversation_state.user_text()),
+            new_words=self.user_words - self._words_at_start,
+            finals_since_start=self._finals_since_start,
+            running=running,
+            starts=tuple(self._starts),
+            blocked_until=self._blocked_until,
+        )
 
     def _pending_trigger(self) -> str | None:
-        """Why a new answer is due now (ignoring rate limits), or None."""
-        new_words = self.user_words - self._words_at_start
-        if not self._user_text():
-            return None
-        if self.policy.restart_on_final and self._finals_since_start:
-            return "final"
-        if new_words >= self.policy.min_new_words:
-            return "words"
-        if new_words > 0 and self.running_streams == 0:
-            return "idle"
-        return None
-
-    def _next_wakeup(self) -> float | None:
-        """Seconds until a rate limit or backoff expires, if a start is waiting on one."""
-        if self._pending_trigger() is None:
-            return None
-        now = self.timeline.now()
-        waits = [self._blocked_until - now]
-        if len(self._starts) >= self.policy.max_restarts:
-            waits.append(self._starts[0] + self.policy.restart_window_s - now)
-        if self.policy.mode == "parallel" and self._starts:
-            waits.append(self._starts[-1] + self.policy.parallel_interval_s - now)
-        waiting = self._waiting_for_first_token(now)
-        if waiting is not None:
-            waits.append(waiting.started + self.policy.first_token_grace_s - now)
-        wait = max(waits)
-        return wait if wait > 0 else None
+        return oracle_policy.trigger(self.policy, self._policy_state())
 
     def _maybe_start(self) -> None:
-        reason = self._pending_trigger()
-        if reason is None or self._closed:
+        if self._closed or self._pending_trigger() is None:
             return
         now = self.timeline.now()
         while self._starts and self._starts[0] <= now - self.policy.restart_window_s:
             self._starts.popleft()
-        if now < self._blocked_until or len(self._starts) >= self.policy.max_restarts:
+        decision = oracle_policy.decide(self.policy, self._policy_state(), now)
+        if decision.action == "wait" or decision.reason is None:
             return
-        if self.policy.mode == "parallel":
-            if self._starts and now - self._starts[-1] < self.policy.parallel_interval_s:
-                return
-            if self.running_streams >= self.policy.max_parallel:
-                return
-        else:
-            if reason != "final" and self._waiting_for_first_token(now) is not None:
-                return  # re-evaluated on its first token or when its grace runs out
-            for stream in list(self._streams.values()):
-                if not stream.done:
-                    self._cancel(stream, "restart")
-        self._start(reason, now)
-
-    def _waiting_for_first_token(self, now: float) -> _Stream | None:
-        """Restart mode: a running stream still within its grace for the first token, if any."""
-        grace = self.policy.first_token_grace_s
-        if self.policy.mode != "restart" or grace <= 0:
-            return None
-        for stream in self._streams.values():
-            if not stream.done and stream.first_token is None and now - stream.started < grace:
-                return stream
-        return None
+        for stream_id in decision.cancel:
+            self._cancel(self._streams[stream_id], "restart")
+        self._start(decision.reason, now)
 
     def _start(self, reason: str, now: float) -> None:
         stream = _Stream(
             id=self._next_id,
             task=None,
             started=now,
-            user_text=self._user_text(),
+            user_text=self.conversation_state.user_text(),
             user_words=self.user_words,
-            covered=self._covered,
+            covered=self.conversation_state.covered,
             reason=reason,
         )
         self._next_id += 1
@@ -403,14 +344,15 @@ class OracleEngine:
         self._streams[stream.id] = stream
         self.stats.requests += 1
         messages = self._messages()
-        self.timeline.record(
-            "llm_request",
-            stream.user_text,
-            stream=stream.id,
-            reason=reason,
-            user_words=stream.user_words,
-            covered=round(stream.covered, 3),
-            messages=len(messages),
+        self.timeline.emit(
+            LLMRequest(
+                text=stream.user_text,
+                stream=stream.id,
+                reason=reason,
+                user_words=stream.user_words,
+                covered=round(stream.covered, 3),
+                messages=len(messages),
+            )
         )
         stream.task = asyncio.create_task(self._run_stream(stream, messages), name=f"kame-llm-{stream.id}")
         self._forget_finished()
@@ -420,33 +362,11 @@ class OracleEngine:
         for stream_id in [i for i, s in self._streams.items() if s.done and i != self._adopted_id]:
             del self._streams[stream_id]
 
-    # -- prompts ------------------------------------------------------------------------------------
-    def _user_text(self) -> str:
-        """What the user is saying in the current turn (finals since the assistant spoke + partial)."""
-        turn = self._turns[-1].text if self._turns and self._turns[-1].role == "user" else ""
-        return _join(turn, self._partial)
-
-    def _history(self) -> list[_Turn]:
-        """Turns with the current user turn completed by the partial."""
-        turns = [_Turn(t.role, t.text) for t in self._turns]
-        if self._partial:
-            if turns and turns[-1].role == "user":
-                turns[-1].text = _join(turns[-1].text, self._partial)
-            else:
-                turns.append(_Turn("user", self._partial))
-        limit = self.config.max_history_messages
-        return turns[-(limit + 1) :] if limit else turns[-1:]
-
     def _messages(self) -> list[ChatMessage]:
-        turns = self._history()
-        system = ChatMessage("system", self.system_prompt)
-        if self.config.prompt_format == "transcript":
-            lines = [f"{'user' if t.role == 'user' else 'assistant'}: {t.text}" for t in turns]
-            content = "Conversation so far (the user may still be speaking):\n" + "\n".join(lines)
-            return [system, ChatMessage("user", content)]
-        while turns and turns[0].role != "user":  # chat templates want the user to speak first
-            turns = turns[1:]
-        return [system, *(ChatMessage(t.role, t.text) for t in turns)]
+        config = self.config
+        return self.conversation_state.messages(
+            self.system_prompt, config.prompt_format, config.max_history_messages
+        )
 
     # -- streaming ----------------------------------------------------------------------------------
     async def _run_stream(self, stream: _Stream, messages: list[ChatMessage]) -> None:
@@ -463,12 +383,13 @@ class OracleEngine:
                 if stream.first_token is None:
                     stream.first_token = self.timeline.now()
                     self.stats.first_tokens += 1
-                    self.timeline.record(
-                        "llm_first_token",
-                        text,
-                        stream=stream.id,
-                        ttft=round(stream.first_token - stream.started, 4),
-                        covered=round(stream.covered, 3),
+                    self.timeline.emit(
+                        LLMFirstToken(
+                            text=text,
+                            stream=stream.id,
+                            ttft=round(stream.first_token - stream.started, 4),
+                            covered=round(stream.covered, 3),
+                        )
                     )
                     if not self._adopt(stream):
                         return
@@ -477,11 +398,10 @@ class OracleEngine:
                 if text:
                     stream.text += text
                     stream.chunks += 1
-                    kind = "reset" if stream.chunks == 1 else "append"
-                    self._emit(kind, text, stream)
+                    self._emit("reset" if stream.chunks == 1 else "append", text, stream)
                 if cut:
                     self.stats.truncated += 1
-                    self.timeline.record("llm_truncated", stream=stream.id, max_words=self.config.max_words)
+                    self.timeline.emit(LLMTruncated(stream=stream.id, max_words=self.config.max_words))
                     break
             if not stream.done:
                 self._finish(stream)
@@ -492,19 +412,20 @@ class OracleEngine:
             self._fail(stream, str(exc), exc.provider, exc.retryable)
         except Exception as exc:  # noqa: BLE001 - a provider bug must not take the session down
             logger.exception("oracle engine: LLM stream %d failed", stream.id)
-            self._fail(stream, f"{type(exc).__name__}: {exc}", getattr(self.llm, "name", "llm"), False)
+            self._fail(stream, f"{type(exc).__name__}: {exc}", self.llm.name, False)
         finally:
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]
 
     def _adopt(self, stream: _Stream) -> bool:
         """A stream produced its first token: it takes over if it is newer than the current oracle."""
-        if stream.id < self._adopted_id:
+        running = tuple(s.id for s in self._streams.values() if not s.done)
+        adoption = oracle_policy.adopt(stream.id, self._adopted_id, running)
+        if not adoption.adopt:
             self._cancel(stream, "stale")
             return False
-        for other in list(self._streams.values()):
-            if other.id < stream.id and not other.done:
-                self._cancel(other, "superseded")
+        for other in adoption.superseded:
+            self._cancel(self._streams[other], "superseded")
         stream.adopted = True
         self._adopted_id = stream.id
         self.stats.adopted += 1
@@ -531,12 +452,13 @@ class OracleEngine:
     def _finish(self, stream: _Stream) -> None:
         stream.done = True
         self.stats.completed += 1
-        self.timeline.record(
-            "llm_done",
-            stream.text,
-            stream=stream.id,
-            chunks=stream.chunks,
-            duration=round(self.timeline.now() - stream.started, 4),
+        self.timeline.emit(
+            LLMDone(
+                text=stream.text,
+                stream=stream.id,
+                chunks=stream.chunks,
+                duration=round(self.timeline.now() - stream.started, 4),
+            )
         )
         if stream.adopted and stream.id == self._adopted_id:
             self._emit("end", "", stream)
@@ -556,19 +478,17 @@ class OracleEngine:
         self.stats.errors += 1
         self.last_error = message
         logger.warning("%s: %s error: %s", self.session, source, message)
-        self.timeline.record("error", message, stream=stream_id, source=source, retryable=retryable)
+        self.timeline.emit(Error(text=message, stream=stream_id, source=source, retryable=retryable))
 
     def _cancel(self, stream: _Stream, reason: str) -> None:
         if stream.done:
             return
         stream.done = True
         self.stats.cancelled += 1
-        self.timeline.record(
-            "oracle_cancel",
-            stream.text or None,
-            stream=stream.id,
-            reason=reason,
-            had_tokens=bool(stream.text),
+        self.timeline.emit(
+            OracleCancel(
+                text=stream.text or None, stream=stream.id, reason=reason, had_tokens=bool(stream.text)
+            )
         )
         if stream.task is not None and stream.task is not asyncio.current_task():
             stream.task.cancel()
@@ -577,26 +497,23 @@ class OracleEngine:
         if self._changed is not None:
             self._changed.set()
 
-    def _emit(self, kind: Literal["reset", "append", "end"], text: str, stream: _Stream) -> None:
+    def _emit(self, kind: OracleKind, text: str, stream: _Stream) -> None:
         now = self.timeline.now()
-        event = OracleEvent(kind, text, stream.id, now)
+        op = OracleOp(kind, text, stream.id, now)
         self.stats.events += 1
         self._oracle_text = stream.text
-        self.timeline.record(
-            f"oracle_{kind}",
-            text if kind != "end" else stream.text,
-            stream=stream.id,
-            covered=round(stream.covered, 3),
+        sent = ORACLE_SENT[kind]
+        self.timeline.emit(
+            sent(
+                text=text if kind != "end" else stream.text,
+                stream=stream.id,
+                covered=round(stream.covered, 3),
+            )
         )
         if self._sink is None:
             return
         try:
-            self._sink(event)
+            self._sink(op)
         except Exception as exc:  # noqa: BLE001 - a broken consumer is recorded, the engine goes on
             self.stats.sink_errors += 1
             self._record_error(stream.id, f"oracle sink failed: {type(exc).__name__}: {exc}", "sink")
-
-
-def _join(a: str, b: str) -> str:
-    a, b = a.strip(), b.strip()
-    return f"{a} {b}" if a and b else a or b

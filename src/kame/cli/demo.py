@@ -30,14 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from kame.audio.io import MODEL_SAMPLE_RATE, resample, write_wav
+    from kame.audio.io import resample, write_wav
     from kame.audio.tts import create_tts
     from kame.cli.simulate import run_simulation, write_outputs
+    from kame.frames import SAMPLE_RATE
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     speech = create_tts(args.tts).synthesize(args.question)
-    question = resample(speech.audio, speech.sample_rate, MODEL_SAMPLE_RATE)
+    question = resample(speech.audio, speech.sample_rate, SAMPLE_RATE)
     write_wav(out / "question.wav", question)
     print(f"question ({speech.duration:.2f} s, {args.tts}): {args.question}")
     result = run_simulation(args, question, str(out / "timeline.jsonl"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kame.frames import SAMPLE_RATE
 from kame.frontend.checkpoint import DEFAULT_FRONTEND
 
 
@@ -122,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     write_wav(args.output, result.audio)
     if args.tokens:
         write_tokens_json(args.tokens, result)
-    print(f"wrote {args.output} ({len(result.audio) / 24000:.2f} s, {len(result.frames)} frames)")
+    print(f"wrote {args.output} ({len(result.audio) / SAMPLE_RATE:.2f} s, {len(result.frames)} frames)")
     if result.text:
         print(f"assistant text: {result.text}")
     if result.skipped_oracle_tokens:

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from kame.runtime.timeline import Event
+from kame.timeline import Event
 
 FRAME_S = 0.08
 
@@ -89,7 +89,7 @@ async def run_oracle(args: argparse.Namespace, out: TextIO | None = None) -> int
     from kame.backend.llm import create_llm
     from kame.backend.oracle_engine import OracleConfig, OracleEngine, OraclePolicy
     from kame.backend.stt import create_stt
-    from kame.runtime.timeline import Timeline
+    from kame.timeline import Timeline
 
     audio = load_audio(args.input, 16000)
     audio = np.concatenate([audio, np.zeros(int(max(0.0, args.tail) * 16000), np.float32)])

@@ -63,12 +63,13 @@ def write_outputs(result, output: str, stereo: str | None) -> None:
     import soundfile as sf
 
     from kame.audio.io import write_wav
+    from kame.frames import SAMPLE_RATE
 
     write_wav(output, result.audio)
     if stereo:
         n = min(len(result.audio), len(result.user_audio))
         both = np.clip(np.stack([result.user_audio[:n], result.audio[:n]], axis=1), -1, 1)
-        sf.write(stereo, both, 24000, subtype="PCM_16")
+        sf.write(stereo, both, SAMPLE_RATE, subtype="PCM_16")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -82,8 +83,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def print_summary(result) -> None:
     from kame.eval.latency import summarize_timeline
+    from kame.frames import FRAME_S
 
     summary = summarize_timeline(result.events)
-    print(f"frames: {result.frames} ({result.frames * 0.08:.2f} s)")
+    print(f"frames: {result.frames} ({result.frames * FRAME_S:.2f} s)")
     for key, value in summary.items():
         print(f"{key}: {value}")

@@ -34,6 +34,7 @@ from kame.data.prompts import PromptSet, load_prompts
 from kame.data.sources import SourceRecord, open_source
 from kame.data.speech import DialogueAudio, VoiceConfig, render_dialogue, words_json
 from kame.data.text import contains_answer, keeps_content, leaks_answer, spoken
+from kame.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class Builder:
     def _recordings(self, record: SourceRecord) -> dict[int, Speech]:
         recordings = {}
         for turn, path in (record.meta.get("audio") or {}).items():
-            recordings[int(turn)] = Speech(load_audio(path), 24000, words=[])
+            recordings[int(turn)] = Speech(load_audio(path), SAMPLE_RATE, words=[])
         return recordings
 
     async def make(self, record: SourceRecord, index: int) -> tuple[dict[str, Any], DialogueAudio]:

@@ -32,18 +32,18 @@ import numpy as np
 import torch
 
 from kame.data.dataset import Record, read_records
+from kame.frames import FRAME_RATE, SAMPLE_RATE
 from kame.frontend.oracle_track import render_oracle_stream
 
 PAD = 3  # moshi's existing_text_padding_id
 END_OF_PAD = 0
-FRAME_RATE = 12.5
 
 
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
-def num_frames(samples: int, sample_rate: int = 24000, frame_rate: float = FRAME_RATE) -> int:
+def num_frames(samples: int, sample_rate: int = SAMPLE_RATE, frame_rate: float = FRAME_RATE) -> int:
     per_frame = int(round(sample_rate / frame_rate))
     return -(-samples // per_frame)
 

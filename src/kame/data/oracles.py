@@ -29,10 +29,10 @@ from kame.audio.tts import WordTiming
 from kame.backend.llm import LLMProvider
 from kame.data.prompts import PromptSet
 from kame.data.text import keywords, spoken
+from kame.frames import FRAME_RATE
 
 THRESHOLDS_PERCENT = (50, 65, 80, 95)  # r at which levels 1, 2, 3, 4 begin
 VERBATIM = 5
-FRAME_RATE = 12.5
 
 
 def hint_level(heard: int, total: int) -> int:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kame.audio.io import MODEL_SAMPLE_RATE, resample
+from kame.audio.io import resample
 from kame.audio.tts import Speech, TTSEngine, WordTiming, spoken_words
-
-FRAME_SAMPLES = 1920  # one Mimi frame at 24 kHz
+from kame.frames import FRAME_SIZE, SAMPLE_RATE
 
 
 @dataclass
@@ -65,7 +64,7 @@ class DialogueAudio:
     user: np.ndarray
     assistant: np.ndarray
     turns: list[SpokenTurn] = field(default_factory=list)
-    sample_rate: int = MODEL_SAMPLE_RATE
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def duration(self) -> float:
@@ -102,19 +101,19 @@ def render_dialogue(
             if aligner is None:
                 raise ValueError(f"turn {index} has no word times and no aligner was given")
             words, how = aligner(speech.audio, speech.sample_rate, text), "whisper"
-        audio = resample(speech.audio, speech.sample_rate, MODEL_SAMPLE_RATE)
-        offset = int(round((cursor + pause) * MODEL_SAMPLE_RATE))
-        start = offset / MODEL_SAMPLE_RATE
+        audio = resample(speech.audio, speech.sample_rate, SAMPLE_RATE)
+        offset = int(round((cursor + pause) * SAMPLE_RATE))
+        start = offset / SAMPLE_RATE
         placed = [WordTiming(w.word, start + w.start, start + w.end) for w in words]
-        end = start + len(audio) / MODEL_SAMPLE_RATE
+        end = start + len(audio) / SAMPLE_RATE
         clips.append((speaker, offset, audio))
         spoken.append(
             SpokenTurn(speaker, text, start, end, placed, voices.get(speaker), rates[speaker], aligned_by=how)
         )
         # the next turn starts after this one's last word (TTS clips end in some silence)
         cursor = placed[-1].end if placed else end
-    total = max(offset + len(audio) for _, offset, audio in clips) + int(config.tail * MODEL_SAMPLE_RATE)
-    total = -(-total // FRAME_SAMPLES) * FRAME_SAMPLES
+    total = max(offset + len(audio) for _, offset, audio in clips) + int(config.tail * SAMPLE_RATE)
+    total = -(-total // FRAME_SIZE) * FRAME_SIZE
     channels = {"user": np.zeros(total, np.float32), "assistant": np.zeros(total, np.float32)}
     for speaker, offset, audio in clips:
         channels[speaker][offset : offset + len(audio)] += audio

@@ -8,7 +8,6 @@ deterministic, so the same LLM output always gives the same dataset text.
 from __future__ import annotations
 
 import re
-from difflib import SequenceMatcher
 
 _LABEL = re.compile(
     r"^\s*(?:sure[,!.]?\s*)?"
@@ -82,10 +81,6 @@ def contains_answer(text: str, final: str) -> bool:
         return True
     n = len(target)
     return any(said[i : i + n] == target for i in range(len(said) - n + 1))
-
-
-def similarity(a: str, b: str) -> float:
-    return SequenceMatcher(None, normalized_words(a), normalized_words(b), autojunk=False).ratio()
 
 
 MIN_KEPT = 0.5

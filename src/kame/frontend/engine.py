@@ -17,12 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kame.frames import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
+from kame.frames import FRAME_SIZE, SAMPLE_RATE
 from kame.frontend.checkpoint import Frontend
 from kame.frontend.compile import compile_policy
 from kame.frontend.generator import OracleGenerator, SamplingConfig, StepResult
-
-__all__ = ["FRAME_RATE", "FRAME_SIZE", "SAMPLE_RATE", "FrameOutput", "FrontendEngine"]
 
 
 @dataclass

@@ -18,7 +18,8 @@ from kame.frames import FRAME_SIZE, frames_for, place_reply
 from kame.frontend.checkpoint import Frontend
 from kame.frontend.engine import FrontendEngine
 from kame.frontend.generator import SamplingConfig, default_oracle_stream
-from kame.frontend.oracle_script import OracleOp, completes_oracle
+from kame.frontend.oracle_script import completes_oracle
+from kame.oracle import OracleOp
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ def _run(
     for frame in range(frames):
         while pending and pending[0][0].frame <= frame:
             op, done = pending.pop(0)
-            gen.apply_oracle(slot, op.op, op.text)
-            if done and op.op != "end":
+            gen.apply_oracle(slot, op.kind, op.text)
+            if done and op.kind != "end":
                 gen.apply_oracle(slot, "end")
         (output,) = engine.step({slot: padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE]})
         r = output.result

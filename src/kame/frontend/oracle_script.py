@@ -10,34 +10,19 @@ never needed (see ``oracle_track``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-from kame.frames import frame_of
-from kame.frontend.oracle_track import ORACLE_OPS
 from kame.jsonl import json_objects
-
-OPS = ORACLE_OPS
+from kame.oracle import ORACLE_KINDS, OracleOp
 
 
 class OracleScriptError(ValueError):
     """A malformed oracle script; the message names the line."""
 
 
-@dataclass(frozen=True)
-class OracleOp:
-    time: float
-    op: str
-    text: str = ""
-
-    @property
-    def frame(self) -> int:
-        return frame_of(self.time)
-
-
 def completes_oracle(ops: list[OracleOp]) -> list[bool]:
     """For each operation of an ordered script: is it its oracle's last one (the text is then complete)?"""
-    return [index + 1 == len(ops) or ops[index + 1].op == "reset" for index in range(len(ops))]
+    return [index + 1 == len(ops) or ops[index + 1].kind == "reset" for index in range(len(ops))]
 
 
 def parse_oracle_script(lines: list[str], source: str = "<script>") -> list[OracleOp]:
@@ -47,13 +32,13 @@ def parse_oracle_script(lines: list[str], source: str = "<script>") -> list[Orac
         time, op, text = obj.get("time"), obj.get("op"), obj.get("text", "")
         if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time) or time < 0:
             raise OracleScriptError(f"{where}: 'time' must be a number of seconds >= 0, got {time!r}")
-        if op not in OPS:
-            raise OracleScriptError(f"{where}: 'op' must be one of {', '.join(OPS)}, got {op!r}")
+        if op not in ORACLE_KINDS:
+            raise OracleScriptError(f"{where}: 'op' must be one of {', '.join(ORACLE_KINDS)}, got {op!r}")
         if not isinstance(text, str):
             raise OracleScriptError(f"{where}: 'text' must be a string")
         if op == "append" and not text:
             raise OracleScriptError(f"{where}: an append needs a non-empty 'text'")
-        ops.append(OracleOp(float(time), op, text))
+        ops.append(OracleOp(op, text, t=float(time)))
     return sorted(ops, key=lambda o: o.frame)
 
 

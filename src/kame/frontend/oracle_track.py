@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kame.oracle import ORACLE_KINDS
+
 WORD_START = "\u2581"  # SentencePiece's word-start marker
 
 
@@ -170,9 +172,6 @@ class OracleTrack:
         self.skipped = 0
 
 
-ORACLE_OPS = ("reset", "append", "end")
-
-
 @dataclass
 class SessionOracle:
     """A session's oracle track plus the streaming tokenizer of its current oracle text."""
@@ -194,7 +193,7 @@ class SessionOracle:
             return self.append_text(text, step)
         if kind == "end":
             return self.end(step)
-        raise ValueError(f"unknown oracle operation {kind!r}; expected one of {', '.join(ORACLE_OPS)}")
+        raise ValueError(f"unknown oracle operation {kind!r}; expected one of {', '.join(ORACLE_KINDS)}")
 
     def reset(self, step: int) -> None:
         """A new oracle begins at ``step``: the old one's unfed tail, held word included, is replaced."""

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from kame.backend.llm import ChatMessage, LLMError, LLMProvider, create_llm
 from kame.backend.oracle_engine import OracleConfig, OracleEngine
-from kame.backend.oracle_events import OracleSink
 from kame.backend.stt import STTEngine, STTStream, create_stt
-from kame.runtime.timeline import Timeline
+from kame.oracle import OracleSink
+from kame.timeline import Timeline
 
 logger = logging.getLogger(__name__)
 

@@ -31,15 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kame.backend.oracle_events import OracleEvent
-from kame.frontend.engine import FRAME_SIZE, FrontendEngine
+from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE
+from kame.frontend.engine import FrontendEngine
 from kame.frontend.generator import SamplingConfig, StepResult, default_oracle_stream
+from kame.oracle import OracleOp
 from kame.runtime.words import AssistantWords
 
 logger = logging.getLogger(__name__)
-
-FRAME_S = FRAME_SIZE / 24000  # 0.08 s
-SAMPLE_RATE = 24000
 
 
 @dataclass(frozen=True)
@@ -189,13 +187,13 @@ class FrameClock:
         if self._slots.pop(slot, None) is not None:
             self.engine.leave(slot)
 
-    def apply_oracle(self, slot: int, event: OracleEvent) -> None:
+    def apply_oracle(self, slot: int, op: OracleOp) -> None:
         state = self._slots.get(slot)
         if state is None:
             return
         gen = self.engine.generator
-        late = gen.apply_oracle(slot, event.kind, event.text)
-        state.applied.append(AppliedOracle(event.kind, event.stream_id, event.t, gen.step_of(slot), late))
+        late = gen.apply_oracle(slot, op.kind, op.text)
+        state.applied.append(AppliedOracle(op.kind, op.stream_id, op.t, gen.step_of(slot), late))
 
     @property
     def active(self) -> int:
@@ -350,8 +348,8 @@ class FrameStepper:
     def push_audio(self, slot: int, pcm: np.ndarray) -> None:
         self.clock.push_audio(slot, pcm)
 
-    def send_oracle(self, slot: int, event: OracleEvent) -> None:
-        self._do(lambda: self.clock.apply_oracle(slot, event))
+    def send_oracle(self, slot: int, op: OracleOp) -> None:
+        self._do(lambda: self.clock.apply_oracle(slot, op))
 
     def _do(self, op: Callable[[], None]) -> None:
         if self._thread is None:
@@ -565,9 +563,9 @@ class ProcessStepper:
         if batch and self.failure is None:
             self._send(("audio", batch))
 
-    def send_oracle(self, slot: int, event: OracleEvent) -> None:
+    def send_oracle(self, slot: int, op: OracleOp) -> None:
         if self.failure is None:
-            self._send(("oracle", slot, event))
+            self._send(("oracle", slot, op))
 
     def _receive(self, conn: Any, process: multiprocessing.process.BaseProcess) -> None:
         while True:

@@ -16,13 +16,25 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import soxr
 
-from kame.audio.io import MODEL_SAMPLE_RATE, AudioFormatError, to_mono
-from kame.backend.oracle_events import OracleEvent
+from kame.audio.io import AudioFormatError, StreamResampler, to_mono
+from kame.events import (
+    ORACLE_TIMELINE_EVENTS,
+    AssistantSaid,
+    AssistantWord,
+    LiveEvent,
+    LLMFirstToken,
+    OracleApplied,
+    SessionEnd,
+    SessionStart,
+    WireEvent,
+    live_types,
+)
+from kame.frames import SAMPLE_RATE
+from kame.oracle import OracleOp
 from kame.runtime.backend import Backend, SessionBackend
 from kame.runtime.scheduler import SlotFrame
-from kame.runtime.timeline import Clock, Timeline
+from kame.timeline import Clock, Event, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +46,7 @@ class SessionOutput(Protocol):
 
     def on_text(self, piece: str) -> None: ...
 
-    def on_event(self, event: dict[str, Any]) -> None: ...
+    def on_event(self, event: WireEvent | LiveEvent) -> None: ...
 
 
 class NullOutput:
@@ -44,7 +56,7 @@ class NullOutput:
     def on_text(self, piece: str) -> None:
         pass
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: WireEvent | LiveEvent) -> None:
         pass
 
 
@@ -94,7 +106,7 @@ class Stepper(Protocol):
 
     def push_audio(self, slot: int, pcm: np.ndarray) -> None: ...
 
-    def send_oracle(self, slot: int, event: OracleEvent) -> None: ...
+    def send_oracle(self, slot: int, op: OracleOp) -> None: ...
 
 
 class Session:
@@ -121,8 +133,7 @@ class Session:
         self._backend = backend
         self.back: SessionBackend | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._resampler: soxr.ResampleStream | None = None
-        self._resample_rate: int | None = None
+        self._resampler = StreamResampler(SAMPLE_RATE)
         self._closed = False
         self.audio_out: list[np.ndarray] = []  # kept when ``keep_audio`` (offline simulation)
         self.keep_audio = False
@@ -135,7 +146,7 @@ class Session:
             self.back = self._backend.open_session(self.id, self.timeline, self._on_oracle)
             await self.back.start()
         self.slot = await self.stepper.join(self, self.config.max_backlog_s)
-        self.timeline.record("session_start", slot=self.slot)
+        self.timeline.emit(SessionStart(details={"slot": self.slot}))
 
     async def close(self, reason: str = "closed") -> None:
         if self._closed:
@@ -148,7 +159,7 @@ class Session:
                 await self.back.aclose()
             except Exception:  # noqa: BLE001 - closing must finish whatever the back-end does
                 logger.exception("session %s: closing the back-end failed", self.id)
-        self.timeline.record("session_end", reason=reason, **self.metrics.snapshot())
+        self.timeline.emit(SessionEnd(details={"reason": reason, **self.metrics.snapshot()}))
         self._unsubscribe()
         self.timeline.close()
 
@@ -160,14 +171,7 @@ class Session:
         pcm = to_mono(pcm)
         if not np.all(np.isfinite(pcm)):
             raise AudioFormatError("audio contains NaN or infinite samples")
-        if sample_rate != self._resample_rate:
-            self._resample_rate = sample_rate
-            self._resampler = (
-                None
-                if sample_rate == MODEL_SAMPLE_RATE
-                else soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32")
-            )
-        model_pcm = pcm if self._resampler is None else self._resampler.resample_chunk(pcm)
+        model_pcm = self._resampler(pcm, sample_rate)
         if self.back is not None:
             self.back.stream.push(pcm, sample_rate)
         self.timeline.add_audio(len(pcm) / sample_rate, record=False)
@@ -192,9 +196,11 @@ class Session:
         for applied in frame.applied:
             lag = max(0.0, self.timeline.now() - applied.emitted_t)
             self.metrics.oracle_lag_s.append(lag)
-            self.timeline.record(
-                "oracle_applied", kind=applied.kind, stream=applied.stream_id, frame=applied.frame,
-                lag=round(lag, 4), late_tokens=applied.late_tokens,
+            self.timeline.emit(
+                OracleApplied(
+                    kind=applied.kind, stream=applied.stream_id, frame=applied.frame, lag=round(lag, 4),
+                    late_tokens=applied.late_tokens,
+                )
             )  # fmt: skip
         self.output.on_audio(frame.pcm)
         if self.keep_audio:
@@ -206,40 +212,34 @@ class Session:
 
     def _said(self, word: str) -> None:
         self.metrics.assistant_words += 1
-        self.timeline.record("assistant_word", word)
+        self.timeline.emit(AssistantWord(text=word))
         if self.back is not None:
             self.back.engine.add_assistant_text(word)
-        self.output.on_event({"type": "assistant", "text": word, "t": round(self.timeline.now(), 3)})
+        self.output.on_event(AssistantSaid(text=word, t=round(self.timeline.now(), 3)))
 
-    def _on_oracle(self, event: OracleEvent) -> None:
+    def _on_oracle(self, op: OracleOp) -> None:
         """The back-end's sink: forward the operation to the frame clock (applied at a frame boundary)."""
         if self.slot is None or self._closed:
             return
         self.metrics.oracle_events += 1
-        self.stepper.send_oracle(self.slot, event)
+        self.stepper.send_oracle(self.slot, op)
 
-    def _observe(self, event: dict[str, Any]) -> None:
-        """Timeline observer: forward what the client shows live (any thread)."""
+    def _observe(self, event: Event) -> None:
+        """Timeline observer: session metrics, and what the client shows live (any thread)."""
         kind = event["type"]
-        if kind == "llm_first_token" and "ttft" in event:
+        if kind == LLMFirstToken.TYPE and "ttft" in event:
             self.metrics.llm_ttft_s.append(float(event["ttft"]))
-        if kind in (
-            "partial",
-            "final",
-            "oracle_reset",
-            "oracle_append",
-            "oracle_end",
-            "oracle_cancel",
-            "error",
-        ):
-            message = {
-                k: event[k] for k in ("type", "t", "text", "stream", "source", "message") if k in event
-            }
-            if kind.startswith("oracle_") and self.back is not None:
-                message["oracle"] = self.back.engine.current_oracle
+        if kind in _LIVE:
+            oracle = None
+            if kind in _ORACLE and self.back is not None:
+                oracle = self.back.engine.current_oracle
             if self._loop is not None and not self._closed:
-                self._loop.call_soon_threadsafe(self._emit, message)
+                self._loop.call_soon_threadsafe(self._emit, LiveEvent(event, oracle))
 
-    def _emit(self, message: dict[str, Any]) -> None:
+    def _emit(self, message: LiveEvent) -> None:
         if not self._closed:
             self.output.on_event(message)
+
+
+_LIVE = frozenset(live_types())
+_ORACLE = frozenset(cls.TYPE for cls in ORACLE_TIMELINE_EVENTS)

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kame.frames import FRAME_SIZE, place_reply
+from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE, frames_for, place_reply
 from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
-from kame.runtime.scheduler import FRAME_S, FrameStepper
+from kame.runtime.scheduler import FrameStepper
 from kame.runtime.session import Session
-from kame.runtime.timeline import Event
+from kame.timeline import Event
 
 
 class SimulationClock:
@@ -90,7 +90,7 @@ async def simulate(
     session = Session(session_id, stepper, backend, clock=clock, timeline_path=timeline_path)
     session.keep_audio = True
     await session.start()
-    user_frames = -(-len(user_audio) // FRAME_SIZE)
+    user_frames = frames_for(len(user_audio))
     padded = np.zeros(user_frames * FRAME_SIZE, dtype=np.float32)
     padded[: len(user_audio)] = user_audio
     max_frames = user_frames + int(np.ceil(config.max_reply_s / FRAME_S))
@@ -109,7 +109,7 @@ async def simulate(
             else:
                 await _advance_virtual(session, clock, target, config)  # type: ignore[arg-type]
             chunk = padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE] if frame < user_frames else silence
-            session.push_audio(chunk, 24000)  # the silence after the question too: the STT's VAD ends it
+            session.push_audio(chunk, SAMPLE_RATE)  # the silence after the question too: the VAD ends it
             began = time.perf_counter()
             stepper.step_once()
             if not config.realtime:

@@ -21,12 +21,13 @@ from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import sphn
 from aiohttp import WSMsgType, web
 
+from kame.events import LiveEvent, MetricsUpdate, Queued, SessionError, SessionReady, WireEvent
+from kame.frames import FRAME_S, SAMPLE_RATE
 from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FrameStepper, ProcessStepper
 from kame.runtime.session import Session
@@ -35,8 +36,6 @@ from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 24000
 
 
 @dataclass
@@ -147,7 +146,7 @@ class WebSocketOutput:
     def on_text(self, piece: str) -> None:
         self._put(protocol.text_message(piece))
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: WireEvent | LiveEvent) -> None:
         if self.events:
             self._put(protocol.metadata_message(event))
 
@@ -411,7 +410,7 @@ class KameServer:
                     return False
                 if events:
                     await ws.send_bytes(
-                        protocol.metadata_message({"type": "queued", "position": self.gate.position(waiter)})
+                        protocol.metadata_message(Queued(position=self.gate.position(waiter)))
                     )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
@@ -427,7 +426,7 @@ class KameServer:
         if self.config.timeline_dir:
             timeline_path = str(Path(self.config.timeline_dir) / f"{session_id}-{int(time.time())}.jsonl")
         session = Session(session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path)
-        session.timeline.subscribe(self.metrics.on_event)
+        self.metrics.observe(session.timeline)
         reason = "client closed"
         sender: asyncio.Task[None] | None = None
         ticker = asyncio.create_task(
@@ -448,7 +447,7 @@ class KameServer:
             await ws.send_bytes(protocol.HANDSHAKE)  # before any frame: the sender starts after it
             sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
             output.on_event(
-                {"type": "session", "session": session_id, "sample_rate": SAMPLE_RATE, "frame_ms": 80}
+                SessionReady(session=session_id, sample_rate=SAMPLE_RATE, frame_ms=round(FRAME_S * 1000))
             )
             reason = await self._receive_loop(ws, session)
         except protocol.ProtocolError as exc:
@@ -533,14 +532,14 @@ class KameServer:
                 return
             snapshot = session.metrics.snapshot()
             snapshot["outgoing_dropped"] = output.dropped
-            output.on_event({"type": "metrics", **snapshot})
+            output.on_event(MetricsUpdate(values=snapshot))
 
 
 async def _close_with_error(ws: web.WebSocketResponse, message: str) -> None:
     if ws.closed:
         return
     with contextlib.suppress(Exception):
-        await ws.send_bytes(protocol.error_message(message))
+        await ws.send_bytes(protocol.error_message(SessionError(message)))
         await ws.close(message=message[:120].encode("utf-8"))
 
 

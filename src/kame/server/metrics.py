@@ -1,7 +1,8 @@
 """Prometheus metrics, declared in one place and fed by observers (the server's code never formats them).
 
 The frame clock reports each step; each session's timeline reports oracle application lags, LLM times
-to first token and errors. Everything lands in one registry per server so that tests can run several.
+to first token, errors and the response latency (``ResponseLatency``). Everything lands in one registry
+per server so that tests can run several.
 """
 
 from __future__ import annotations
@@ -15,8 +16,62 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
+from kame.events import (
+    ORACLE_TIMELINE_EVENTS,
+    AssistantWord,
+    Error,
+    Final,
+    LLMFirstToken,
+    OracleApplied,
+)
+from kame.timeline import Event, Timeline
+
 STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15, 0.2, 0.5)
 LAG_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.25, 0.5, 1.0, 2.0, 5.0)
+# Response latency is negative when the assistant starts before the user has finished.
+RESPONSE_BUCKETS = (-2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+_ORACLE_TYPES = frozenset(cls.TYPE for cls in ORACLE_TIMELINE_EVENTS)
+
+
+class ResponseLatency:
+    """A live timeline observer of the project's one response latency.
+
+    Response latency: the time of the assistant's first word after the user's turn began, minus the end
+    of the user's last word (from the final transcript's word times). Negative when the assistant started
+    first. Each user turn (ended by a final with words) gives at most one figure, to ``observe``.
+    """
+
+    TYPES = (Final, AssistantWord)
+
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+        self._turn_start: float | None = None  # the current user turn's first word
+        self._said: deque[float] = deque(maxlen=2000)  # the assistant's words since the last figure
+        self._user_end: float | None = None  # a finished turn waiting for the assistant's first word
+
+    def __call__(self, event: Event) -> None:
+        if event["type"] == Final.TYPE:
+            words = [w for w in event.get("words", ()) if len(w) >= 3]
+            if not words:
+                return
+            if self._turn_start is None:
+                self._turn_start = float(words[0][1])
+            user_end = float(words[-1][2])
+            started = next((t for t in self._said if t >= self._turn_start), None)
+            if started is not None:
+                self._figure(started - user_end)  # the assistant had started first
+            else:
+                self._user_end = user_end
+        elif event["type"] == AssistantWord.TYPE:
+            if self._user_end is not None:
+                self._figure(float(event["t"]) - self._user_end)
+            else:
+                self._said.append(float(event["t"]))
+
+    def _figure(self, latency: float) -> None:
+        self._observe(latency)
+        self._turn_start = self._user_end = None
+        self._said.clear()
 
 
 class ServerMetrics:
@@ -81,6 +136,12 @@ class ServerMetrics:
             "kame_cpu_seconds", "CPU seconds used since start, by process", ["process"], registry=r
         )
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, process_cpu_...
+        self.response_latency = Histogram(
+            "kame_response_latency_seconds",
+            "The assistant's first word after a user turn minus the end of the user's last word "
+            "(negative: it started first)",
+            buckets=RESPONSE_BUCKETS, registry=r,
+        )  # fmt: skip
 
     def on_step(self, step_s: float, sessions: int, late: bool) -> None:
         """Frame-clock observer (called on the stepper's thread)."""
@@ -89,16 +150,21 @@ class ServerMetrics:
         if late:
             self.late_frames.inc(sessions)
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def observe(self, timeline: Timeline) -> None:
+        """Subscribe this registry's observers to one session's timeline."""
+        timeline.subscribe(self.on_event, OracleApplied, LLMFirstToken, Error, *ORACLE_TIMELINE_EVENTS)
+        timeline.subscribe(ResponseLatency(self.response_latency.observe), *ResponseLatency.TYPES)
+
+    def on_event(self, event: Event) -> None:
         """Timeline observer (any thread)."""
         kind = event["type"]
-        if kind == "oracle_applied":
+        if kind == OracleApplied.TYPE:
             self.oracle_lag.observe(float(event.get("lag", 0.0)))
-        elif kind == "llm_first_token" and "ttft" in event:
+        elif kind == LLMFirstToken.TYPE and "ttft" in event:
             self.llm_ttft.observe(float(event["ttft"]))
-        elif kind in ("oracle_reset", "oracle_append", "oracle_end", "oracle_cancel"):
+        elif kind in _ORACLE_TYPES:
             self.oracle_events.labels(kind.removeprefix("oracle_")).inc()
-        elif kind == "error":
+        elif kind == Error.TYPE:
             self.errors.labels(str(event.get("source", "unknown"))).inc()
 
     def render(self) -> bytes:

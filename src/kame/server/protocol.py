@@ -3,9 +3,9 @@
 Every WebSocket binary message starts with a kind byte (Moshi's protocol, so existing Moshi clients
 work): 0x00 handshake (server -> client, once the session is ready), 0x01 Ogg Opus audio (both ways),
 0x02 text (a piece of the assistant's inner monologue, UTF-8). KAME's additions, sent only to clients
-that ask for them with ``?events=1``: 0x04 metadata, a JSON object with a ``type`` (``session``,
-``queued``, ``transcript``, ``oracle``, ``assistant``, ``metrics``, ``error``), and 0x05 error, a UTF-8
-message sent before the server closes the connection.
+that ask for them with ``?events=1``: 0x04 metadata, a JSON object with a ``type`` (the wire events
+declared in ``kame.events``: ``kame.events.wire_types()``), and 0x05 error, a UTF-8 message
+(``kame.events.SessionError``) sent before the server closes the connection.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from kame.events import LiveEvent, SessionError, WireEvent
 
 KIND_HANDSHAKE = 0x00
 KIND_AUDIO = 0x01
@@ -55,12 +57,12 @@ def text_message(piece: str) -> bytes:
     return bytes([KIND_TEXT]) + piece.encode("utf-8")
 
 
-def metadata_message(event: dict[str, Any]) -> bytes:
-    return bytes([KIND_METADATA]) + json.dumps(event, ensure_ascii=False).encode("utf-8")
+def metadata_message(event: WireEvent | LiveEvent) -> bytes:
+    return bytes([KIND_METADATA]) + json.dumps(event.to_json(), ensure_ascii=False).encode("utf-8")
 
 
-def error_message(message: str) -> bytes:
-    return bytes([KIND_ERROR]) + message.encode("utf-8")
+def error_message(error: SessionError) -> bytes:
+    return bytes([KIND_ERROR]) + error.message.encode("utf-8")
 
 
 def decode_server_message(data: bytes) -> tuple[int, Any]:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import soxr
 
-from kame.audio.io import to_mono
+from kame.audio.io import StreamResampler, to_mono
+from kame.queues import DropOldest
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ class Transcript:
     audio_t: float
     stable: int = 0
     compute_s: float = 0.0
-
-    @property
-    def is_final(self) -> bool:
-        return self.kind == "final"
 
     @property
     def word_count(self) -> int:
@@ -114,34 +110,6 @@ class STTEngine(ABC):
         """Release the model."""
 
 
-class _Resampler:
-    """Streaming resampling of float32 mono to the engine's rate (no clicks at chunk boundaries)."""
-
-    def __init__(self, to_rate: int) -> None:
-        self.to_rate = to_rate
-        self.from_rate: int | None = None
-        self._stream: soxr.ResampleStream | None = None
-
-    def __call__(self, audio: np.ndarray, rate: int) -> np.ndarray:
-        if rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {rate}")
-        if rate != self.from_rate:
-            self.from_rate = rate
-            self._stream = (
-                None if rate == self.to_rate else soxr.ResampleStream(rate, self.to_rate, 1, dtype="float32")
-            )
-        if self._stream is None:
-            return audio
-        return self._stream.resample_chunk(audio)
-
-    def flush(self) -> np.ndarray:
-        """The resampler's delayed tail; the resampler is then released."""
-        stream, self._stream, self.from_rate = self._stream, None, None
-        if stream is None:
-            return np.zeros(0, np.float32)
-        return stream.resample_chunk(np.zeros(0, np.float32), last=True)
-
-
 class STTStream(ABC):
     """One session's recognition. ``push``/``finish`` from any thread; the rest on the event loop."""
 
@@ -151,7 +119,7 @@ class STTStream(ABC):
         self.options = options or StreamOptions()
         self.stats = STTStats()
         self.error: BaseException | None = None
-        self._resampler = _Resampler(sample_rate)
+        self._resampler = StreamResampler(sample_rate)
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._pending: deque[np.ndarray] = deque()
@@ -162,7 +130,9 @@ class STTStream(ABC):
         self._finished = False  # no more input
         self._done = False  # every transcript has been handed over
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._out: deque[Transcript] = deque()
+        self._out: DropOldest[Transcript] = DropOldest(
+            self.options.max_transcripts, lambda t: t.kind == "partial"
+        )
         self._out_event: asyncio.Event | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
@@ -200,11 +170,6 @@ class STTStream(ABC):
                 self._gap_samples += dropped.size
                 self.stats.dropped_audio_s += dropped.size / self.sample_rate
             self._wakeup.notify_all()
-
-    @property
-    def pushed_s(self) -> float:
-        """Seconds of audio pushed so far (at the engine's rate, after resampling)."""
-        return self._pushed_samples / self.sample_rate
 
     @property
     def backlog_s(self) -> float:
@@ -308,10 +273,7 @@ class STTStream(ABC):
 
     # -- event-loop callbacks -----------------------------------------------------------------------
     def _deliver(self, transcript: Transcript) -> None:
-        self._out.append(transcript)
-        if len(self._out) > self.options.max_transcripts:
-            victim = next((t for t in self._out if t.kind == "partial"), self._out[0])
-            self._out.remove(victim)
+        if self._out.push(transcript) is not None:
             self.stats.dropped_transcripts += 1
         if self._out_event is not None:
             self._out_event.set()

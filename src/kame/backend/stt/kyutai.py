@@ -28,19 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soxr
 
+from kame.audio.io import StreamResampler
 from kame.backend.stt.base import StreamOptions, STTEngine, STTError, STTStream, Transcript, Word, words_text
 from kame.backend.stt.vad import SAMPLE_RATE as VAD_RATE
 from kame.backend.stt.vad import SileroModel, SileroVAD, VADConfig
+from kame.frames import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
 from kame.hub import hub_reachable
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_REPO = "kyutai/stt-1b-en_fr-candle"  # the release with the pause heads
-SAMPLE_RATE = 24000
-FRAME_SIZE = 1920
-FRAME_RATE = 12.5
 END_OF_PADDING = 0
 PADDING = 3
 
@@ -444,7 +442,7 @@ class KyutaiStream(STTStream):
         self._flushed = 0
         self._real_s = 0.0  # seconds of the session's audio fed to the model
         self._vad = vad
-        self._to_vad_rate = soxr.ResampleStream(SAMPLE_RATE, VAD_RATE, 1, dtype="float32") if vad else None
+        self._to_vad_rate = StreamResampler(VAD_RATE) if vad else None
         self._above = 0  # consecutive frames with the pause head above threshold
         self._end_countdown: int | None = None  # frames until the VAD's end of speech reaches the text
         self.utterance = 0
@@ -532,7 +530,7 @@ class KyutaiStream(STTStream):
             self._above = self._above + 1 if pause > self.engine.config.pause_threshold else 0
             return self._above >= self.engine.config.pause_hold_frames
         if self._to_vad_rate is not None and frame.audio_s:
-            steps = self._vad.process(self._to_vad_rate.resample_chunk(frame.samples))
+            steps = self._vad.process(self._to_vad_rate(frame.samples, SAMPLE_RATE))
             if any(step.event is not None and step.event.kind == "end" for step in steps):
                 # The text lags the audio: the utterance's last words come out ``audio_delay_s`` later.
                 self._end_countdown = math.ceil(self.engine.audio_delay_s * FRAME_RATE)

@@ -1,12 +1,15 @@
 """A session's timeline: every event with when it happened and how much user audio had arrived by then.
 
 All latency analysis (word-to-oracle lag, time to first token, partial cadence, front-end reaction) is
-computed afterwards from this one record, so it is kept generic: ``record(type, text=None, **fields)``
-appends ``{"t", "audio_t", "session", "type", "text"?, **fields}``. ``t`` is seconds since the session
+computed afterwards from this one record. The system's events are the typed classes of ``kame.events``
+(``emit(event)``); underneath, ``record(type, text=None, **fields)`` appends
+``{"t", "audio_t", "session", "type", "text"?, **fields}`` for any type. ``t`` is seconds since the session
 started on an injectable clock (a ``VirtualClock`` drives offline simulation), ``audio_t`` is seconds of
 user audio received so far (advanced with ``add_audio``). Events can be streamed to a JSON Lines file
-as they happen and observers (metrics exporters, the CLI's printer) can subscribe. Thread-safe: the STT
-worker, the event loop and the frame thread may all record.
+as they happen and observers (metrics exporters, the CLI's printer) subscribe by event class, as
+Pipecat's observers do. Thread-safe: the STT worker, the event loop and the frame thread may all record.
+
+It sits below every layer (the back-end records on it, the runtime owns one per session).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from kame.events import AudioReceived, TimelineEvent
 from kame.jsonl import json_objects
 
 logger = logging.getLogger(__name__)
@@ -92,15 +96,11 @@ class Timeline:
         return self._clock() - self._t0
 
     @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    @property
     def audio_t(self) -> float:
         """Seconds of user audio received so far."""
         return self._audio_t
 
-    def add_audio(self, seconds: float, *, record: bool = True, **fields: Any) -> float:
+    def add_audio(self, seconds: float, *, record: bool = True) -> float:
         """Count ``seconds`` more user audio as received (and record an ``audio`` event)."""
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"audio duration must be a finite number >= 0, got {seconds}")
@@ -108,10 +108,14 @@ class Timeline:
             self._audio_t += seconds
             audio_t = self._audio_t
         if record:
-            self.record("audio", duration=round(seconds, 6), **fields)
+            self.emit(AudioReceived(duration=round(seconds, 6)))
         return audio_t
 
     # -- events -------------------------------------------------------------------------------------
+    def emit(self, event: TimelineEvent) -> Event:
+        """Record one of the system's declared events (``kame.events``); returns the record."""
+        return self.record(event.TYPE, event.text, **event.fields())
+
     def record(self, type: str, text: str | None = None, **fields: Any) -> Event:
         """Append an event; returns it. ``fields`` must be JSON-serialisable."""
         clash = [name for name in fields if name in RESERVED]
@@ -141,11 +145,20 @@ class Timeline:
                 logger.exception("timeline observer %r failed on %s", observer, type)
         return event
 
-    def subscribe(self, observer: Observer) -> Callable[[], None]:
-        """Call ``observer(event)`` after every future event; returns a function that unsubscribes.
+    def subscribe(self, observer: Observer, *types: type[TimelineEvent]) -> Callable[[], None]:
+        """Call ``observer(event)`` after every future event of ``types`` (all events if none given);
+        returns a function that unsubscribes.
 
         Observers run on the recording thread and must be quick; exceptions are logged and counted.
         """
+        if types:
+            names = frozenset(cls.TYPE for cls in types)
+            inner = observer
+
+            def observer(event: Event) -> None:
+                if event["type"] in names:
+                    inner(event)
+
         with self._lock:
             self._observers.append(observer)
 

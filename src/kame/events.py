@@ -1,0 +1,290 @@
+"""Every event the system records or sends, declared once: one typed class each.
+
+Three families, all public (users' scripts, clients and the evaluation read them; README, "Timeline
+format" and "The server"):
+
+- **timeline events** (``TimelineEvent``): one JSON Lines record each, written by a session's timeline
+  as ``{"t", "audio_t", "session", "type", "text"?, **fields}``;
+- **wire events** (``WireEvent``): the 0x04 JSON messages a client that asks for ``?events=1`` gets;
+  some timeline events are forwarded there as they happen (their ``LIVE`` flag);
+- **the 0x05 error** (``SessionError``): why the server ends a session.
+
+Producers build these classes, never a type name as a string; observers subscribe by class. A new kind
+of event (a cascade stage, an evaluation figure) is one new class here, documented in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# -- timeline events ----------------------------------------------------------------------------------
+
+TIMELINE_EVENTS: dict[str, type[TimelineEvent]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimelineEvent:
+    """One thing that happened in a session; ``text`` is written only where there is one."""
+
+    TYPE: ClassVar[str] = ""
+    LIVE: ClassVar[bool] = False  # forwarded to clients as a 0x04 event
+    text: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            if cls.TYPE in TIMELINE_EVENTS:
+                raise TypeError(f"timeline event type {cls.TYPE!r} is declared twice")
+            TIMELINE_EVENTS[cls.TYPE] = cls
+
+    def fields(self) -> dict[str, Any]:
+        """The event's own fields (everything but ``text``), in declaration order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "text"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Details(TimelineEvent):
+    """An event whose fields are a run's settings or totals (they differ between commands)."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return dict(self.details)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionStart(_Details):
+    TYPE = "session_start"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEnd(_Details):
+    TYPE = "session_end"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioReceived(TimelineEvent):
+    TYPE = "audio"
+    duration: float  # seconds of user audio in the chunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TranscriptEvent(TimelineEvent):
+    LIVE = True
+    utterance: int
+    words: list[list[Any]]  # [text, start, end] in session audio seconds
+    covered: float  # audio the recognizer had heard
+    stable: int
+    compute_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partial(_TranscriptEvent):
+    TYPE = "partial"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Final(_TranscriptEvent):
+    TYPE = "final"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscriptDropped(TimelineEvent):
+    TYPE = "transcript_dropped"
+    kind: str  # the transcript's kind (partial or final)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMRequest(TimelineEvent):
+    TYPE = "llm_request"
+    stream: int
+    reason: str  # words, final or idle
+    user_words: int
+    covered: float
+    messages: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMFirstToken(TimelineEvent):
+    TYPE = "llm_first_token"
+    stream: int
+    ttft: float  # seconds
+    covered: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMDone(TimelineEvent):
+    TYPE = "llm_done"
+    stream: int
+    chunks: int
+    duration: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMTruncated(TimelineEvent):
+    TYPE = "llm_truncated"
+    stream: int
+    max_words: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _OracleSent(TimelineEvent):
+    LIVE = True
+    stream: int
+    covered: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleReset(_OracleSent):
+    TYPE = "oracle_reset"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleAppend(_OracleSent):
+    TYPE = "oracle_append"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleEnd(_OracleSent):
+    TYPE = "oracle_end"  # ``text`` is the whole answer
+
+
+# The timeline event of each oracle operation kind the back-end sends.
+ORACLE_SENT: dict[str, type[_OracleSent]] = {"reset": OracleReset, "append": OracleAppend, "end": OracleEnd}
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleCancel(TimelineEvent):
+    TYPE = "oracle_cancel"
+    LIVE = True
+    stream: int
+    reason: str  # restart, superseded, stale or closed
+    had_tokens: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class OracleApplied(TimelineEvent):
+    TYPE = "oracle_applied"
+    kind: str
+    stream: int
+    frame: int  # the front-end step that first saw it
+    lag: float  # seconds from the back-end
+    late_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistantWord(TimelineEvent):
+    TYPE = "assistant_word"  # ``text``: a word from the front-end's text stream
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistantText(TimelineEvent):
+    TYPE = "assistant_text"  # ``text``: the same words as the back-end's history received them
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(TimelineEvent):
+    TYPE = "error"
+    LIVE = True
+    stream: int | None
+    source: str  # the provider, stt, sink or engine
+    retryable: bool = False
+
+
+ORACLE_TIMELINE_EVENTS: tuple[type[TimelineEvent], ...] = (OracleReset, OracleAppend, OracleEnd, OracleCancel)
+
+
+def is_a(event: dict[str, Any], *classes: type[TimelineEvent]) -> bool:
+    """Whether a recorded event (a timeline dict) is of one of ``classes``."""
+    return event.get("type") in {cls.TYPE for cls in classes}
+
+
+# -- wire events (0x04) -------------------------------------------------------------------------------
+
+WIRE_EVENTS: dict[str, type[WireEvent]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WireEvent:
+    """A 0x04 JSON message: ``{"type": TYPE, **fields}``."""
+
+    TYPE: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.TYPE:
+            if cls.TYPE in WIRE_EVENTS:
+                raise TypeError(f"wire event type {cls.TYPE!r} is declared twice")
+            WIRE_EVENTS[cls.TYPE] = cls
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionReady(WireEvent):
+    TYPE = "session"
+    session: str
+    sample_rate: int
+    frame_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queued(WireEvent):
+    TYPE = "queued"
+    position: int  # 1: next to get a slot
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistantSaid(WireEvent):
+    TYPE = "assistant"
+    text: str
+    t: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsUpdate(WireEvent):
+    TYPE = "metrics"
+    values: dict[str, Any]  # the session's counters (``SessionMetrics.snapshot``)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.TYPE, **self.values}
+
+
+# What a live timeline event carries on the wire, besides the current oracle text of oracle events.
+LIVE_FIELDS = ("type", "t", "text", "stream", "source")
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """A recorded timeline event forwarded to the client (``TimelineEvent.LIVE``), with the oracle text."""
+
+    event: dict[str, Any]
+    oracle: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        message = {k: self.event[k] for k in LIVE_FIELDS if k in self.event}
+        if self.oracle is not None:
+            message["oracle"] = self.oracle
+        return message
+
+
+def live_types() -> tuple[str, ...]:
+    return tuple(name for name, cls in TIMELINE_EVENTS.items() if cls.LIVE)
+
+
+def wire_types() -> tuple[str, ...]:
+    """Every ``type`` a client can receive in a 0x04 message."""
+    return (*WIRE_EVENTS, *live_types())
+
+
+# -- the 0x05 error -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionError:
+    """Why the server ends a session (sent as a 0x05 message right before the close)."""
+
+    message: str
