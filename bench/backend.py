@@ -66,7 +66,7 @@ def verdict(value: float, target: float) -> str:
 def bench_stt(engine_name: str, voices: dict[str, list[Any]]) -> dict[str, Any]:
     try:
         engine = create_stt(engine_name)
-        engine.load()
+        engine.load_blocking()
     except STTError as exc:
         return {"engine": engine_name, "skipped": str(exc)}
     result: dict[str, Any] = {"engine": engine_name}
@@ -94,7 +94,7 @@ def bench_stt(engine_name: str, voices: dict[str, list[Any]]) -> dict[str, Any]:
             "rtf": round(compute / audio_s, 3),
             "errors": [p for p in pairs if corpus_wer([p]) > 0][:4],
         }
-    engine.close()
+    engine.close_blocking()
     return result
 
 
@@ -105,8 +105,8 @@ def bench_rereading(utterance: Any) -> list[dict[str, float]]:
 
     bounded = WhisperSTT(WhisperConfig())
     full = WhisperSTT(WhisperConfig(min_window_s=30.0))
-    bounded.load()
-    full.load()
+    bounded.load_blocking()
+    full.load_blocking()
     audio = resample(utterance.audio, utterance.sample_rate, 16000)
     rows = []
     for seconds in (0.5, 1.0, 2.0, utterance.duration):
@@ -155,7 +155,7 @@ async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> d
 
     audio, rate, utterances, starts = conversation(texts, "piper", gap_s=2.0, tail_s=1.5)
     stt = create_stt("whisper")
-    await stt.aload()
+    await stt.load()
     timeline = Timeline("bench", path=timeline_path)
     engine = OracleEngine(llm, None, config=OracleConfig(), timeline=timeline)
     # As the front-end would, say each finished utterance's answer, so that questions are separate turns.

@@ -17,9 +17,9 @@ def whisper_engine():
     from kame.backend.stt import create_stt
 
     engine = create_stt("whisper")
-    engine.load()
+    engine.load_blocking()
     yield engine
-    engine.close()
+    engine.close_blocking()
 
 
 @pytest.fixture(scope="session")

@@ -144,7 +144,7 @@ def test_a_checkpoint_folder_loads_and_sessions_step_together(stt_folder, device
         # Slots are given back: two new sessions fit again.
         asyncio.run(_run_sessions(engine, pcms[:1] * 2))
     finally:
-        engine.close()
+        engine.close_blocking()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -154,13 +154,13 @@ def test_the_pause_head_ends_utterances(stt_folder, device):
     finals_by_threshold = {}
     for threshold in (0.1, 0.5):
         engine = _engine(stt_folder, device, pause_threshold=threshold)
-        engine.load()
+        engine.load_blocking()
         with torch.no_grad():
             engine.models.lm.extra_heads[engine.config.pause_head].weight.zero_()
         try:
             _, results = asyncio.run(_run_sessions(engine, [pcm]))
         finally:
-            engine.close()
+            engine.close_blocking()
         transcripts = results[0]
         if not any(t.kind == "partial" for t in transcripts):
             pytest.skip("this random model produced no text tokens")
@@ -175,15 +175,15 @@ def test_missing_weights_say_how_to_get_them(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     engine = create_stt("kyutai", device="cpu")
     with pytest.raises(STTError, match="huggingface-cli download kyutai/stt-1b-en_fr-candle"):
-        engine.load()
+        engine.load_blocking()
     with pytest.raises(STTError, match="no config.json"):
-        create_stt("kyutai:/", device="cpu").load()
+        create_stt("kyutai:/", device="cpu").load_blocking()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
 def test_no_gpu_says_what_to_use():
     with pytest.raises(STTError, match="CUDA is not available"):
-        create_stt("kyutai").load()
+        create_stt("kyutai").load_blocking()
 
 
 def test_all_slots_busy_is_an_error(stt_folder):
@@ -193,7 +193,7 @@ def test_all_slots_busy_is_an_error(stt_folder):
         with pytest.raises(STTError, match="slots are busy"):
             engine.open_stream("c")
     finally:
-        engine.close()
+        engine.close_blocking()
 
 
 def test_models_can_be_given_directly(tokenizer):
@@ -205,4 +205,4 @@ def test_models_can_be_given_directly(tokenizer):
         _, results = asyncio.run(_run_sessions(engine, [np.zeros(24000, np.float32)]))
         assert all(t.audio_t <= 1.0 for t in results[0])
     finally:
-        engine.close()
+        engine.close_blocking()

@@ -126,7 +126,7 @@ def test_long_utterances_are_decoded_in_a_bounded_window():
         decoded_lengths.append(clip.size / 16000)
         return original(clip, prompt, final=final)
 
-    engine.load()
+    engine.load_blocking()
     engine.decode = spy  # type: ignore[method-assign]
     transcripts, stream, _ = asyncio.run(transcribe(engine, audio, rate))
     finals = [t for t in transcripts if t.kind == "final"]
@@ -156,4 +156,4 @@ def test_an_unknown_model_says_what_to_use():
 
     engine = create_stt("whisper:/nonexistent/model-folder")
     with pytest.raises(STTError, match="embedded"):
-        engine.load()
+        engine.load_blocking()

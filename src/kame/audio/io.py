@@ -12,10 +12,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from kame.errors import UserError
 from kame.frames import SAMPLE_RATE
 
 
-class AudioFormatError(ValueError):
+class AudioFormatError(UserError, ValueError):
     """An audio file or buffer that cannot be used; the message says what is wrong with it."""
 
 

@@ -11,11 +11,11 @@ import importlib
 import logging
 import sys
 
+from kame.errors import UserError
+
 COMMANDS = ("checkpoint", "infer", "serve", "simulate", "demo", "oracle", "data", "train")
 
-
-class UserError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+__all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (UserError, ValueError, FileNotFoundError) as exc:  # bad input; anything else shows its traceback
         if args.verbose:
             raise
         print(f"kame {args.command}: error: {exc}", file=sys.stderr)

@@ -9,7 +9,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from kame.cli import UserError
+from kame.audio.tts.registry import DEFAULT_TTS
+from kame.backend.llm.registry import DEFAULT_LLM
+from kame.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "gsm8k, mmlu-pro or hssbench:OWNER/NAME",
     )
     build.add_argument("--out", required=True, help="dataset folder (created; an existing one is resumed)")
-    build.add_argument("--llm", default="local", help="simulator and rewriter LLM spec (default: local)")
     build.add_argument(
-        "--tts", default="piper", help="TTS spec: piper, piper:VOICE.onnx, espeak[:VOICE], kyutai"
+        "--llm", default=DEFAULT_LLM, help=f"simulator and rewriter LLM spec (default: {DEFAULT_LLM})"
+    )
+    build.add_argument(
+        "--tts", default=DEFAULT_TTS, help="TTS spec: piper, piper:VOICE.onnx, espeak[:VOICE], kyutai"
     )
     build.add_argument("--assistant-tts", help="another TTS spec for the assistant's voice (default: --tts)")
     build.add_argument("--columns", help="column mapping, e.g. question=problem,answer=solution")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kame.cli.infer import add_frontend_arguments
-from kame.cli.serve import add_backend_arguments
+from kame.audio.tts import DEFAULT_TTS
+from kame.cli.flags import add_backend_arguments, add_frontend_arguments
 
 DEFAULT_QUESTION = "Hi! Could you tell me what the capital of France is?"
 
@@ -20,7 +20,7 @@ DEFAULT_QUESTION = "Hi! Could you tell me what the capital of France is?"
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="speak a question and run the tandem system on it, end to end")
     parser.add_argument("--question", default=DEFAULT_QUESTION)
-    parser.add_argument("--tts", default="piper", help="piper | piper:VOICE.onnx | espeak[:VOICE]")
+    parser.add_argument("--tts", default=DEFAULT_TTS, help="piper | piper:VOICE.onnx | espeak[:VOICE]")
     parser.add_argument("--out", default="kame-demo", help="folder for the WAV files and the timeline")
     parser.add_argument("--realtime", action="store_true", help="pace the session by the wall clock")
     parser.add_argument("--max-reply", type=float, default=10.0)

@@ -4,33 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kame.cli.flags import add_frontend_arguments, oracle_stream_from_args, sampling_from_args
 from kame.frames import SAMPLE_RATE
-from kame.frontend.checkpoint import DEFAULT_FRONTEND
-
-
-def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every command that runs the front-end shares."""
-    parser.add_argument(
-        "--frontend",
-        default=DEFAULT_FRONTEND,
-        help="checkpoint folder, hf://owner/name, or tiny (random, CPU)",
-    )
-    parser.add_argument("--lora", default=None, help="LoRA weights (safetensors) for the front-end")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--greedy", action="store_true", help="argmax sampling: deterministic output")
-    parser.add_argument("--temp", type=float, default=None, help="audio temperature (default 0.8)")
-    parser.add_argument("--temp-text", type=float, default=None, help="text temperature (default 0.7)")
-    parser.add_argument("--top-k", type=int, default=None, help="audio top-k (default 250)")
-    parser.add_argument("--top-k-text", type=int, default=None, help="text top-k (default 25)")
-    parser.add_argument(
-        "--oracle-stream",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="feed the oracle stream (on: pad 3 between oracles, as released), or not (off: -1 on every "
-        "step, stock Moshi bit for bit); auto: off only for plain Moshi weights with no oracle source",
-    )
-
 
 INFER_DESCRIPTION = """\
 Run the front-end over a recording, applying a script of timed oracle operations.
@@ -60,43 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tokens", default=None, help="JSON file with every step's fed and produced tokens")
     add_frontend_arguments(parser)
     parser.set_defaults(func=_run)
-
-
-class OracleStreamConflict(ValueError):
-    """--oracle-stream off together with a source of oracles."""
-
-
-def oracle_stream_from_args(args: argparse.Namespace, frontend, has_oracle_source: bool) -> bool:
-    """Resolve ``--oracle-stream`` for a loaded front-end (``auto``: see ``default_oracle_stream``)."""
-    from kame.frontend.generator import default_oracle_stream
-
-    choice = getattr(args, "oracle_stream", "auto")
-    if choice == "off" and has_oracle_source:
-        raise OracleStreamConflict(
-            "--oracle-stream off feeds no oracles, but oracles were given (a script or a back-end); "
-            "drop --oracle-stream off, or run without them (--no-backend, no --oracle-script)"
-        )
-    if choice == "auto":
-        return default_oracle_stream(not frontend.upgraded_from_moshi, has_oracle_source)
-    return choice == "on"
-
-
-def sampling_overrides(args: argparse.Namespace) -> dict:
-    """The sampling flags that were given (the others come from the checkpoint or moshi's defaults)."""
-    flags = {
-        "greedy": args.greedy or None, "temp": args.temp, "temp_text": args.temp_text, "top_k": args.top_k,
-        "top_k_text": args.top_k_text,
-    }  # fmt: skip
-    return {k: v for k, v in flags.items() if v is not None}
-
-
-def sampling_from_args(args: argparse.Namespace, frontend=None):
-    """Sampling: moshi's defaults, then the checkpoint's ``lm_gen_config``, then the flags."""
-    from kame.frontend.generator import SamplingConfig
-
-    return SamplingConfig.merged(
-        frontend.lm_gen_config if frontend is not None else {}, **sampling_overrides(args)
-    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -13,9 +13,23 @@ import sys
 import time
 from typing import Any, TextIO
 
+from kame.cli.flags import add_engine_arguments, add_oracle_policy_argument, add_system_prompt_argument
+from kame.events import (
+    Error,
+    Final,
+    LLMRequest,
+    OracleAppend,
+    OracleCancel,
+    OracleEnd,
+    OracleReset,
+    Partial,
+    SessionEnd,
+    SessionStart,
+)
+from kame.frames import FRAME_S
 from kame.timeline import Event
 
-FRAME_S = 0.08
+STT_RATE = 16000  # what the recording is decoded to (every STT engine resamples from here)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,14 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Stream a recording through streaming STT and an LLM; print transcripts and oracles.",
     )
     parser.add_argument("input", help="a WAV (or any file libsndfile reads), any rate and channel count")
-    parser.add_argument(
-        "--stt",
-        default="whisper",
-        help="whisper (embedded tiny.en), whisper:NAME_OR_PATH, pocketsphinx, kyutai[:REPO_OR_FOLDER]",
-    )
-    parser.add_argument(
-        "--llm", default="local", help="local, local:PATH.gguf, openai:MODEL, anthropic:MODEL, ..."
-    )
+    add_engine_arguments(parser)
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--realtime", dest="realtime", action="store_true", default=True, help="real-time pacing"
@@ -41,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--fast", dest="realtime", action="store_false", help="push audio as fast as it is decoded"
     )
     parser.add_argument("--timeline", required=True, help="where to write the events (JSON Lines)")
-    parser.add_argument("--mode", choices=("restart", "parallel"), default="restart", help="oracle policy")
+    add_oracle_policy_argument(parser, old_name=True)
     parser.add_argument(
         "--poll",
         type=float,
@@ -54,9 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2.0,
         help="seconds an answer waiting for its first token is safe from new words (0: the released policy)",
     )
-    parser.add_argument(
-        "--system-prompt", default=None, help="a text file replacing the default system prompt"
-    )
+    add_system_prompt_argument(parser)
     parser.add_argument("--prompt-format", choices=("chat", "transcript"), default="chat")
     parser.add_argument("--max-words", type=int, default=40, help="cut answers after this many words")
     parser.add_argument(
@@ -87,40 +92,43 @@ async def run_oracle(args: argparse.Namespace, out: TextIO | None = None) -> int
 
     from kame.audio.io import load_audio
     from kame.backend.llm import create_llm
-    from kame.backend.oracle_engine import OracleConfig, OracleEngine, OraclePolicy
+    from kame.backend.oracle_engine import OracleConfig, OraclePolicy
     from kame.backend.stt import create_stt
+    from kame.runtime.backend import Backend
     from kame.timeline import Timeline
 
-    audio = load_audio(args.input, 16000)
-    audio = np.concatenate([audio, np.zeros(int(max(0.0, args.tail) * 16000), np.float32)])
+    audio = load_audio(args.input, STT_RATE)
+    audio = np.concatenate([audio, np.zeros(int(max(0.0, args.tail) * STT_RATE), np.float32)])
     config = OracleConfig(
         policy=OraclePolicy(
-            mode=args.mode, poll_interval_s=args.poll, first_token_grace_s=args.first_token_grace
+            mode=args.oracle_policy, poll_interval_s=args.poll, first_token_grace_s=args.first_token_grace
         ),
         system_prompt_file=args.system_prompt,
         prompt_format=args.prompt_format,
         max_words=args.max_words,
     )
-    stt = create_stt(args.stt)
-    llm = create_llm(args.llm)
+    backend = Backend(create_stt(args.stt), create_llm(args.llm), config)
     print(f"loading {args.stt} and {args.llm} ...", file=out, flush=True)
-    await stt.aload()
-    await _warm_up(llm, out)
+    warm_up_error = await backend.load()
+    if warm_up_error is not None:
+        print(f"warning: the LLM failed its warm-up request ({warm_up_error}); going on", file=out)
     timeline = Timeline(args.session, path=args.timeline)
     printer = _Printer(out, quiet=args.quiet)
-    timeline.subscribe(printer)
-    timeline.record(
-        "session_start", input=str(args.input), stt=args.stt, llm=args.llm, mode=args.mode,
-        realtime=args.realtime, duration=round(audio.size / 16000, 3),
+    timeline.subscribe(printer, *_Printer.TYPES)
+    timeline.emit(
+        SessionStart(
+            details={
+                "input": str(args.input), "stt": args.stt, "llm": args.llm, "mode": args.oracle_policy,
+                "realtime": args.realtime, "duration": round(audio.size / STT_RATE, 3),
+            }
+        )
     )  # fmt: skip
-    engine = OracleEngine(llm, None, config=config, timeline=timeline)
+    session = backend.open_session(args.session, timeline, None)
+    engine, stream = session.engine, session.stream
     if args.echo:
-        timeline.subscribe(_Echo(engine))
-    stream = stt.open_stream(args.session)
-    await stream.start()
-    await engine.start()
-    pump = asyncio.create_task(engine.run(stream))
-    frame = int(FRAME_S * 16000)
+        timeline.subscribe(_Echo(engine), *_Echo.TYPES)
+    await session.start()
+    frame = int(FRAME_S * STT_RATE)
     started = time.perf_counter()
     try:
         for index, offset in enumerate(range(0, audio.size, frame)):
@@ -129,54 +137,49 @@ async def run_oracle(args: argparse.Namespace, out: TextIO | None = None) -> int
                 delay = started + index * FRAME_S - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            stream.push(chunk, 16000)
-            timeline.add_audio(chunk.size / 16000)
+            stream.push(chunk, STT_RATE)
+            timeline.add_audio(chunk.size / STT_RATE)
             if not args.realtime:
                 await stream.wait_processed()
         stream.finish()
-        await pump
+        if session.feeder is not None:
+            await session.feeder
         if not await engine.wait_idle(args.wait):
             print(f"(an answer was still streaming after {args.wait:.0f} s; cancelled)", file=out)
     finally:
-        pump.cancel()
-        await engine.aclose()
-        await stream.aclose()
-        await llm.aclose()
-        stt.close()
+        await session.aclose()
+        await backend.aclose()
     stats = stream.stats
-    timeline.record(
-        "session_end",
-        stt_rtf=round(stats.rtf, 4),
-        stt_decodes=stats.decodes,
-        stt_audio_s=round(stats.audio_s, 3),
-        **{f"oracle_{k}": v for k, v in vars(engine.stats).items()},
+    timeline.emit(
+        SessionEnd(
+            details={
+                "stt_rtf": round(stats.rtf, 4),
+                "stt_decodes": stats.decodes,
+                "stt_audio_s": round(stats.audio_s, 3),
+                **{f"oracle_{k}": v for k, v in vars(engine.stats).items()},
+            }
+        )
     )
     timeline.close()
     _summary(out, printer, stats, engine, args)
     return 0
 
 
-async def _warm_up(llm: Any, out: TextIO) -> None:
-    """One tiny request so that the first real one does not pay for loading the model."""
-    from kame.backend.llm import ChatMessage, LLMError
-
-    try:
-        await llm.complete([ChatMessage("user", "Hello")], max_tokens=1)
-    except LLMError as exc:
-        print(f"warning: the LLM failed its warm-up request ({exc}); going on", file=out)
-
-
 class _Echo:
     """Counts the answer to each finished utterance as said by the assistant, as the front-end would."""
+
+    TYPES = (LLMRequest, OracleEnd, OracleCancel)
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.final_streams: set[int] = set()
 
     def __call__(self, event: Event) -> None:
-        if event["type"] == "llm_request" and event.get("reason") == "final":
+        if event["type"] == LLMRequest.TYPE and event.get("reason") == "final":
             self.final_streams.add(event["stream"])
-        elif event["type"] in ("oracle_end", "oracle_cancel") and event.get("stream") in self.final_streams:
+        elif (
+            event["type"] in (OracleEnd.TYPE, OracleCancel.TYPE) and event.get("stream") in self.final_streams
+        ):
             self.final_streams.discard(event["stream"])  # what it had said of the answer, even if cut
             if event.get("text"):
                 self.engine.add_assistant_text(event["text"])
@@ -184,6 +187,8 @@ class _Echo:
 
 class _Printer:
     """Prints the events a person wants to watch, one line each, as they are recorded."""
+
+    TYPES = (Partial, Final, LLMRequest, OracleReset, OracleAppend, OracleEnd, OracleCancel, Error)
 
     def __init__(self, out: TextIO, quiet: bool = False) -> None:
         self.out = out
@@ -195,24 +200,24 @@ class _Printer:
         kind, text, t = event["type"], event.get("text") or "", event["t"]
         stream = event.get("stream")
         line: str | None = None
-        if kind == "partial":
+        if kind == Partial.TYPE:
             line = f"user   ~ {text}"
-        elif kind == "final":
+        elif kind == Final.TYPE:
             self.finals.append(text)
             line = f"user   = {text}"
-        elif kind == "llm_request":
+        elif kind == LLMRequest.TYPE:
             line = f"ask #{stream} ({event.get('reason')}, {event.get('user_words')} words)"
-        elif kind == "oracle_reset":
+        elif kind == OracleReset.TYPE:
             self.answers[stream] = text
             line = f"oracle #{stream} > {text}"
-        elif kind == "oracle_append":
+        elif kind == OracleAppend.TYPE:
             self.answers[stream] = self.answers.get(stream, "") + text
             return
-        elif kind == "oracle_end":
+        elif kind == OracleEnd.TYPE:
             line = f"oracle #{stream} = {text}"
-        elif kind == "oracle_cancel":
+        elif kind == OracleCancel.TYPE:
             line = f"oracle #{stream} x {event.get('reason')}" + (f": {text}" if text else "")
-        elif kind == "error":
+        elif kind == Error.TYPE:
             line = f"ERROR  {text}"
         if line is not None and not self.quiet:
             print(f"{t:7.2f}s {event['audio_t']:6.2f}a  {line}", file=self.out, flush=True)

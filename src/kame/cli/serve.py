@@ -5,34 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kame.cli.infer import add_frontend_arguments
+from kame.cli.flags import (
+    OracleStreamConflict,
+    add_backend_arguments,
+    add_frontend_arguments,
+    backend_from_args,
+    oracle_stream_from_args,
+    sampling_from_args,
+    sampling_overrides,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every command that runs the back-end shares."""
-    parser.add_argument(
-        "--llm",
-        default="local",
-        help="local | local:PATH.gguf | openai:MODEL | anthropic:MODEL | gemini:MODEL",
-    )
-    parser.add_argument("--stt", default="whisper", help="whisper[:MODEL] | pocketsphinx | kyutai")
-    parser.add_argument(
-        "--no-backend", action="store_true", help="front-end only: no STT, no LLM, no oracles"
-    )
-    parser.add_argument("--oracle-policy", choices=["restart", "parallel"], default="restart")
-    parser.add_argument("--system-prompt", default=None, help="file with the oracle LLM's system prompt")
-
-
-def backend_from_args(args: argparse.Namespace):
-    if args.no_backend:
-        return None
-    from kame.backend.oracle_engine import OracleConfig, OraclePolicy
-    from kame.runtime.backend import Backend, BackendSpec
-
-    oracle = OracleConfig(policy=OraclePolicy(mode=args.oracle_policy), system_prompt_file=args.system_prompt)
-    return Backend.from_spec(BackendSpec(stt=args.stt, llm=args.llm, oracle=oracle))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,13 +135,10 @@ def _url_host(host: str) -> str:
 
 def make_stepper(args: argparse.Namespace):
     """The frame clock: in a child process that loads the front-end itself, or on a thread here."""
-    from kame.cli.infer import oracle_stream_from_args, sampling_from_args, sampling_overrides
     from kame.runtime.scheduler import FrameStepper, FrontendProcessSpec, ProcessStepper, warm_up
 
     if args.frame_clock == "process":
         if args.oracle_stream == "off" and not args.no_backend:
-            from kame.cli.infer import OracleStreamConflict
-
             raise OracleStreamConflict(
                 "--oracle-stream off feeds no oracles, but every session has a back-end; "
                 "add --no-backend or drop --oracle-stream off"

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from kame.cli.infer import add_frontend_arguments
-from kame.cli.serve import add_backend_arguments
+from kame.cli.flags import (
+    add_backend_arguments,
+    add_frontend_arguments,
+    backend_from_args,
+    oracle_stream_from_args,
+    sampling_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +35,6 @@ def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
     """Load the front-end and back-end named by ``args`` and simulate one session over ``audio``."""
     import torch
 
-    from kame.cli.infer import oracle_stream_from_args, sampling_from_args
-    from kame.cli.serve import backend_from_args
     from kame.frontend.checkpoint import load_frontend
     from kame.frontend.engine import FrontendEngine
     from kame.runtime.simulate import SimulationConfig, simulate

@@ -17,11 +17,12 @@ import numpy as np
 from kame.audio.io import resample
 from kame.audio.tts import WordTiming, text_words
 from kame.data.text import normalized_words
+from kame.errors import UserError
 
 WHISPER_RATE = 16000
 
 
-class AlignmentError(RuntimeError):
+class AlignmentError(UserError, RuntimeError):
     """The recording and its transcript could not be aligned; the message says why."""
 
 

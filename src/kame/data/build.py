@@ -34,6 +34,7 @@ from kame.data.prompts import PromptSet, load_prompts
 from kame.data.sources import SourceRecord, open_source
 from kame.data.speech import DialogueAudio, VoiceConfig, render_dialogue, words_json
 from kame.data.text import contains_answer, keeps_content, leaks_answer, spoken
+from kame.errors import UserError
 from kame.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ SUMMARY_FILE = "summary.json"
 ORACLE_MODES = ("simulated", "verbatim")
 
 
-class BuildError(ValueError):
+class BuildError(UserError, ValueError):
     """Settings that cannot build this dataset (e.g. resuming with other settings); says what to change."""
 
 

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from kame.errors import UserError
+
 SCHEMA = "kame-dialogue/1"
 CODES_FOLDER = "mimi-codes"  # the Mimi code cache inside a dataset folder
 CHANNELS = ("user", "assistant")
@@ -44,7 +46,7 @@ SHARD_RE = re.compile(r"^part(\d+)of(\d+)-(\d{5})\.tar$")
 BLOCK = 512  # tar block size
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder or record that cannot be read; the message says what is wrong."""
 
 

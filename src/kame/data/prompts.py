@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from kame.backend.llm import ChatMessage
+from kame.errors import UserError
 
 NAMES = (
     "spoken_question",
@@ -27,7 +28,7 @@ NAMES = (
 SEPARATOR = "\n---\n"
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt file that cannot be used; the message says what to fix."""
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kame.errors import UserError
 from kame.jsonl import json_objects
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source spec, file or column mapping that cannot be used; the message says what to fix."""
 
 

@@ -32,6 +32,7 @@ from moshi.quantization.core_vq import EuclideanCodebook
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from kame.errors import UserError
 from kame.frontend import presets
 from kame.frontend.model import OracleLMModel
 from kame.frontend.tiny_mimi import asset_digest as tiny_mimi_digest
@@ -63,7 +64,7 @@ _FILE_KEYS = (
 _LORA_KEYS = ("lora", "lora_rank", "lora_scaling")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used as it is; the message says what to fix."""
 
 

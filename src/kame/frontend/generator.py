@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from moshi.models.lm import LMGen
 
+from kame.errors import UserError
 from kame.frontend.compile import compile_policy
 from kame.frontend.model import ORACLE_ZERO, OracleLMModel
 from kame.frontend.oracle_track import OracleTrack, SessionOracle, StreamingTextTokenizer, Tokenizer
 
 
-class SamplingConfigError(ValueError):
+class SamplingConfigError(UserError, ValueError):
     """An ``lm_gen_config`` key that moshi's ``LMGen`` does not take."""
 
 

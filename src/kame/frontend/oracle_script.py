@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from kame.errors import UserError
 from kame.jsonl import json_objects
 from kame.oracle import ORACLE_KINDS, OracleOp
 
 
-class OracleScriptError(ValueError):
+class OracleScriptError(UserError, ValueError):
     """A malformed oracle script; the message names the line."""
 
 

@@ -11,16 +11,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from kame.backend.llm import ChatMessage, LLMError, LLMProvider, create_llm
+from kame.backend.llm import DEFAULT_LLM, ChatMessage, LLMError, LLMProvider, create_llm
 from kame.backend.oracle_engine import OracleConfig, OracleEngine
-from kame.backend.stt import STTEngine, STTStream, create_stt
+from kame.backend.stt import DEFAULT_STT, STTEngine, STTStream, create_stt
 from kame.oracle import OracleSink
 from kame.timeline import Timeline
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_STT = "whisper"
-DEFAULT_LLM = "local"
 
 
 @dataclass
@@ -72,19 +69,23 @@ class Backend:
     def from_spec(cls, spec: BackendSpec) -> Backend:
         return cls(create_stt(spec.stt), create_llm(spec.llm), spec.oracle)
 
-    async def load(self) -> None:
-        """Load the models now rather than on the first session (and check that the LLM answers)."""
-        await self.stt.aload()
+    async def load(self) -> LLMError | None:
+        """Load the models now rather than on the first session, and warm the LLM up with one tiny
+        request (so that the first real one does not pay for loading it). Returns the LLM's failure,
+        if it failed: sessions will keep trying."""
+        await self.stt.load()
         try:
             await self.llm.complete([ChatMessage("user", "Say OK.")], max_tokens=1)
         except LLMError as exc:
             logger.warning("the LLM did not answer a warm-up request: %s (sessions will keep trying)", exc)
+            return exc
+        return None
 
-    def open_session(self, session: str, timeline: Timeline, sink: OracleSink) -> SessionBackend:
+    def open_session(self, session: str, timeline: Timeline, sink: OracleSink | None) -> SessionBackend:
         stream = self.stt.open_stream(session)
         engine = OracleEngine(self.llm, sink, config=self.oracle, timeline=timeline, session=session)
         return SessionBackend(stream, engine)
 
     async def aclose(self) -> None:
         await self.llm.aclose()
-        await asyncio.to_thread(self.stt.close)
+        await self.stt.aclose()

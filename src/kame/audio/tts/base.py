@@ -11,9 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kame.errors import ProviderError
+from kame.lifecycle import Engine
 
-class TTSError(RuntimeError):
+
+class TTSError(ProviderError, RuntimeError):
     """Synthesis failed (missing voice, engine error, empty text); the message says which and why."""
+
+    provider = "tts"
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Speech:
         return len(self.audio) / self.sample_rate
 
 
-class TTSEngine(ABC):
+class TTSEngine(Engine, ABC):
     """A text-to-speech engine; ``synthesize`` is blocking (run it in a thread from async code)."""
 
     name: str = "tts"

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from kame.audio.tts.base import TTSEngine, TTSError
 
-DEFAULT_SPEC = "piper"
+DEFAULT_TTS = "piper"
 ENGINES = ("piper", "espeak", "kyutai")
 
 
-def create_tts(spec: str = DEFAULT_SPEC) -> TTSEngine:
+def create_tts(spec: str = DEFAULT_TTS) -> TTSEngine:
     """An engine for ``spec``; raises TTSError (what to write instead) for an unknown or unusable one."""
     engine, _, arg = spec.strip().partition(":")
     engine = engine.lower()

@@ -2,10 +2,10 @@
 
 from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
 from kame.backend.llm.options import LLMOptions, LLMSpecError, parse_spec
-from kame.backend.llm.registry import DEFAULT_SPEC, create_llm
+from kame.backend.llm.registry import DEFAULT_LLM, create_llm
 
 __all__ = [
-    "DEFAULT_SPEC",
+    "DEFAULT_LLM",
     "ChatMessage",
     "LLMError",
     "LLMOptions",

@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from kame.errors import ProviderError
+from kame.lifecycle import Engine
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -20,19 +23,17 @@ class ChatMessage:
     content: str
 
 
-class LLMError(RuntimeError):
+class LLMError(ProviderError, RuntimeError):
     """A provider failed: bad key, unknown model, unreachable server, API error, timeout.
 
     ``retryable`` tells callers whether trying again later can help.
     """
 
     def __init__(self, provider: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(f"{provider}: {message}")
-        self.provider = provider
-        self.retryable = retryable
+        super().__init__(f"{provider}: {message}", provider=provider, retryable=retryable)
 
 
-class LLMProvider(ABC):
+class LLMProvider(Engine, ABC):
     """A chat model that streams its answer."""
 
     name: str = "llm"
@@ -50,6 +51,3 @@ class LLMProvider(ABC):
     async def complete(self, messages: list[ChatMessage], **kwargs) -> str:
         """The whole answer (for offline uses such as data generation)."""
         return "".join([chunk async for chunk in self.stream_chat(messages, **kwargs)])
-
-    async def aclose(self) -> None:
-        """Release connections or models."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kame.errors import UserError
+
 PROVIDERS = ("local", "openai", "anthropic", "gemini")
 
 
-class LLMSpecError(ValueError):
+class LLMSpecError(UserError, ValueError):
     """A spec string or option that names no usable provider; the message says what to write."""
 
 

@@ -10,10 +10,10 @@ from typing import Any
 from kame.backend.llm.base import LLMProvider
 from kame.backend.llm.options import LLMOptions, parse_spec
 
-DEFAULT_SPEC = "local"
+DEFAULT_LLM = "local"
 
 
-def create_llm(spec: str = DEFAULT_SPEC, **options: Any) -> LLMProvider:
+def create_llm(spec: str = DEFAULT_LLM, **options: Any) -> LLMProvider:
     """A provider for ``spec`` (``local``, ``local:PATH.gguf``, ``openai:MODEL[@URL]``,
     ``anthropic:MODEL[@URL]``, ``gemini:MODEL[@URL]``); ``options`` are ``LLMOptions`` fields.
 

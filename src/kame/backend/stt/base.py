@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 
 from kame.audio.io import StreamResampler, to_mono
+from kame.errors import ProviderError
+from kame.lifecycle import Engine
 from kame.queues import DropOldest
 
 logger = logging.getLogger(__name__)
@@ -32,8 +34,10 @@ logger = logging.getLogger(__name__)
 TranscriptKind = Literal["partial", "final"]
 
 
-class STTError(RuntimeError):
+class STTError(ProviderError, RuntimeError):
     """A recognizer failed or cannot be set up; the message says what to fix."""
+
+    provider = "stt"
 
 
 @dataclass(frozen=True)
@@ -90,24 +94,27 @@ class StreamOptions:
     max_pending_s: float = 30.0  # audio waiting for the worker; the oldest audio goes first
 
 
-class STTEngine(ABC):
+class STTEngine(Engine, ABC):
     """A recognizer: loads its model once, serves any number of streams."""
 
     name: str = "stt"
     sample_rate: int = 16000  # the rate its model consumes
 
-    def load(self) -> None:  # noqa: B027 - engines without a model to load keep this no-op
+    def load_blocking(self) -> None:  # noqa: B027 - engines without a model to load keep this no-op
         """Load the model (blocking, idempotent). ``open_stream`` loads too; call this to load early."""
 
-    async def aload(self) -> None:
-        await asyncio.to_thread(self.load)
+    async def load(self) -> None:
+        await asyncio.to_thread(self.load_blocking)
 
     @abstractmethod
     def open_stream(self, session: str = "session", options: StreamOptions | None = None) -> STTStream:
         """A new stream for one session; call ``await stream.start()`` on the event loop before use."""
 
-    def close(self) -> None:  # noqa: B027 - nothing to release by default
-        """Release the model."""
+    def close_blocking(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release the model (blocking)."""
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close_blocking)
 
 
 class STTStream(ABC):

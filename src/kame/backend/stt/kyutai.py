@@ -253,7 +253,7 @@ class KyutaiSTT(STTEngine):
         self.step_s = 0.0
 
     # -- loading --------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load_blocking(self) -> None:
         with self._lock:
             if self.models is None:
                 self.models = load_kyutai_models(self.config)
@@ -305,7 +305,7 @@ class KyutaiSTT(STTEngine):
 
     # -- streams --------------------------------------------------------------------------------------
     def open_stream(self, session: str = "session", options: StreamOptions | None = None) -> KyutaiStream:
-        self.load()
+        self.load_blocking()
         vad = None
         if not self.has_pause_heads:
             if self._vad_model is None:
@@ -340,7 +340,7 @@ class KyutaiSTT(STTEngine):
         with self._lock:
             self._wakeup.notify_all()
 
-    def close(self) -> None:
+    def close_blocking(self) -> None:
         with self._lock:
             self._closing = True
             self._wakeup.notify_all()

@@ -60,7 +60,7 @@ class PocketSphinxSTT(STTEngine):
         self._vad_model: SileroModel | None = None
         self._lock = threading.Lock()
 
-    def load(self) -> None:
+    def load_blocking(self) -> None:
         with self._lock:
             if self._vad_model is None:
                 self._vad_model = SileroModel()
@@ -87,7 +87,7 @@ class PocketSphinxSTT(STTEngine):
     def open_stream(
         self, session: str = "session", options: StreamOptions | None = None
     ) -> PocketSphinxStream:
-        self.load()
+        self.load_blocking()
         if self._vad_model is None:
             raise STTError("pocketsphinx: the VAD model did not load")
         return PocketSphinxStream(self, self._vad_model, session, options)

@@ -15,13 +15,15 @@ from typing import Literal
 
 import numpy as np
 
+from kame.errors import UserError
+
 SAMPLE_RATE = 16000
 BLOCK = 512  # samples per Silero block at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous block the model sees in front of each block
 MODEL_FILE = "silero_vad.onnx"
 
 
-class VADError(RuntimeError):
+class VADError(UserError, RuntimeError):
     """The VAD model cannot be found or run; the message says what to install."""
 
 

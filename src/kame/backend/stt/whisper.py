@@ -122,7 +122,7 @@ class WhisperSTT(STTEngine):
             return str(embedded_model_path())
         return str(Path(model).expanduser()) if Path(model).expanduser().is_dir() else model
 
-    def load(self) -> None:
+    def load_blocking(self) -> None:
         with self._load_lock:
             if self._model is not None:
                 return
@@ -159,7 +159,7 @@ class WhisperSTT(STTEngine):
             logger.info("whisper: loaded %s on %s (%s)", config.model, config.device, compute_type)
 
     def open_stream(self, session: str = "session", options: StreamOptions | None = None) -> WhisperStream:
-        self.load()
+        self.load_blocking()
         return WhisperStream(self, self._vad(), session, options)
 
     def _vad(self) -> SileroModel:
