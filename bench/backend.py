@@ -39,6 +39,17 @@ from backend_speech import QUESTIONS, conversation, synthesize, transcribe  # no
 
 from kame.backend.stt import STTError, create_stt  # noqa: E402
 from kame.backend.stt.wer import corpus_wer  # noqa: E402
+from kame.events import (  # noqa: E402
+    AudioReceived,
+    Final,
+    LLMFirstToken,
+    LLMRequest,
+    OracleCancel,
+    OracleEnd,
+    OracleReset,
+    Partial,
+    is_a,
+)
 
 TARGETS = {
     "partial_gap_s": 0.5,
@@ -162,9 +173,9 @@ async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> d
     final_streams: set[int] = set()
 
     def echo(event: dict[str, Any]) -> None:
-        if event["type"] == "llm_request" and event.get("reason") == "final":
+        if is_a(event, LLMRequest) and event.get("reason") == "final":
             final_streams.add(event["stream"])
-        elif event["type"] in ("oracle_end", "oracle_cancel") and event.get("stream") in final_streams:
+        elif is_a(event, OracleEnd, OracleCancel) and event.get("stream") in final_streams:
             final_streams.discard(event["stream"])  # what it had said of the answer, even if cut
             if event.get("text"):
                 engine.add_assistant_text(event["text"])
@@ -189,7 +200,7 @@ async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> d
     timeline.close()
     events = timeline.events
 
-    audio_events = [(e["audio_t"], e["t"]) for e in events if e["type"] == "audio"]
+    audio_events = [(e["audio_t"], e["t"]) for e in events if is_a(e, AudioReceived)]
     audio_ts = np.array([a for a, _ in audio_events])
     wall_ts = np.array([t for _, t in audio_events])
 
@@ -198,7 +209,7 @@ async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> d
         index = int(np.searchsorted(audio_ts, audio_t - 1e-9))
         return float(wall_ts[min(index, len(wall_ts) - 1)])
 
-    resets = [(e["covered"], e["t"]) for e in events if e["type"] == "oracle_reset"]
+    resets = [(e["covered"], e["t"]) for e in events if is_a(e, OracleReset)]
     lags, missing = [], 0
     for utterance, start in zip(utterances, starts, strict=True):
         for word in utterance.words:
@@ -213,11 +224,11 @@ async def bench_live(llm: Any, texts: list[str], timeline_path: str | None) -> d
         speech_end = start + utterance.duration
         times = [
             e["covered"] for e in events
-            if e["type"] == "partial" and e["utterance"] == index and e["covered"] <= speech_end
+            if is_a(e, Partial) and e["utterance"] == index and e["covered"] <= speech_end
         ]  # fmt: skip
         gaps += list(np.diff(times))
-    ttfts = [e["ttft"] for e in events if e["type"] == "llm_first_token"]
-    finals = [e["text"] for e in events if e["type"] == "final"]
+    ttfts = [e["ttft"] for e in events if is_a(e, LLMFirstToken)]
+    finals = [e["text"] for e in events if is_a(e, Final)]
     return {
         "audio_s": round(audio.size / rate, 2),
         "words": sum(len(u.words) for u in utterances),

@@ -31,6 +31,7 @@ import torch
 from aiohttp import web
 
 from kame.audio.io import load_audio
+from kame.events import LLMFirstToken, OracleApplied, is_a
 from kame.frames import FRAME_SIZE
 from kame.frontend.checkpoint import load_frontend
 from kame.frontend.engine import FrontendEngine
@@ -131,9 +132,9 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
     underruns = 0
 
     def observe(event: dict) -> None:
-        if event["type"] == "oracle_applied":
+        if is_a(event, OracleApplied):
             lags.append(float(event["lag"]))
-        elif event["type"] == "llm_first_token" and "ttft" in event:
+        elif is_a(event, LLMFirstToken) and "ttft" in event:
             ttfts.append(float(event["ttft"]))
 
     original = server.metrics.on_event

@@ -52,19 +52,20 @@ def _run(args: argparse.Namespace) -> int:
 
 def _narrate(events: list[dict]) -> None:
     from kame.eval.latency import summarize_timeline
+    from kame.events import AssistantWord, Error, Final, LLMDone, LLMRequest, Partial, is_a
 
     print("\nwhat happened (session time, s):")
     for event in events:
         kind, t = event["type"], event["t"]
-        if kind in ("partial", "final"):
+        if is_a(event, Partial, Final):
             print(f"  {t:6.2f}  STT {kind:7}  {event.get('text', '')}")
-        elif kind == "llm_request":
+        elif is_a(event, LLMRequest):
             print(f"  {t:6.2f}  LLM asked     ({event.get('reason', '')}) {event.get('text', '')!r}")
-        elif kind == "llm_done":
+        elif is_a(event, LLMDone):
             print(f"  {t:6.2f}  oracle        {event.get('text', '')}")
-        elif kind == "error":
+        elif is_a(event, Error):
             print(f"  {t:6.2f}  error         {event.get('text', '')}")
-    words = [e for e in events if e["type"] == "assistant_word"]
+    words = [e for e in events if is_a(e, AssistantWord)]
     if words:
         print(f"  {words[0]['t']:6.2f}  KAME speaks   {' '.join(w.get('text', '') for w in words)[:300]}")
     print("\nsummary:")

@@ -11,7 +11,18 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-Event = dict[str, Any]
+from kame.events import (
+    AssistantWord,
+    Error,
+    Final,
+    LLMDone,
+    LLMFirstToken,
+    LLMRequest,
+    OracleApplied,
+    OracleReset,
+)
+from kame.events import is_a as _is
+from kame.timeline import Event
 
 
 def _median(values: list[float]) -> float | None:
@@ -20,31 +31,31 @@ def _median(values: list[float]) -> float | None:
 
 def user_speech_end(events: list[Event]) -> float | None:
     """Session time when the user's last word ended (from the finals' word times), if known."""
-    ends = [w[2] for e in events if e["type"] == "final" for w in e.get("words", []) if len(w) >= 3]
+    ends = [w[2] for e in events if _is(e, Final) for w in e.get("words", []) if len(w) >= 3]
     return max(ends) if ends else None
 
 
 def summarize_timeline(events: list[Event]) -> dict[str, Any]:
-    finals = [e.get("text", "") for e in events if e["type"] == "final" and e.get("text")]
-    words = [e for e in events if e["type"] == "assistant_word"]
+    finals = [e.get("text", "") for e in events if _is(e, Final) and e.get("text")]
+    words = [e for e in events if _is(e, AssistantWord)]
     speech_end = user_speech_end(events)
     after = [e["t"] for e in words if speech_end is not None and e["t"] >= speech_end]
     during = [e for e in words if speech_end is not None and e["t"] < speech_end]
-    oracles = [e.get("text", "") for e in events if e["type"] == "llm_done"]
+    oracles = [e.get("text", "") for e in events if _is(e, LLMDone)]
     return {
         "user_transcript": " ".join(finals),
         "user_speech_end_s": speech_end,
         "assistant_text": " ".join(e.get("text", "") for e in words),
         "assistant_words_before_user_end": len(during),
         "first_assistant_word_after_end_s": round(after[0] - speech_end, 3) if after and speech_end else None,
-        "llm_requests": sum(1 for e in events if e["type"] == "llm_request"),
+        "llm_requests": sum(1 for e in events if _is(e, LLMRequest)),
         "llm_ttft_median_s": _median(
-            [float(e["ttft"]) for e in events if e["type"] == "llm_first_token" and "ttft" in e]
+            [float(e["ttft"]) for e in events if _is(e, LLMFirstToken) and "ttft" in e]
         ),
-        "oracle_resets": sum(1 for e in events if e["type"] == "oracle_reset"),
+        "oracle_resets": sum(1 for e in events if _is(e, OracleReset)),
         "oracle_lag_median_s": _median(
-            [float(e["lag"]) for e in events if e["type"] == "oracle_applied" and "lag" in e]
+            [float(e["lag"]) for e in events if _is(e, OracleApplied) and "lag" in e]
         ),
         "final_oracle": oracles[-1] if oracles else None,
-        "errors": [e.get("text") or e.get("message") for e in events if e["type"] == "error"],
+        "errors": [e.get("text") or e.get("message") for e in events if _is(e, Error)],
     }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kame.events import AssistantWord, is_a
 from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE, frames_for, place_reply
 from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
@@ -71,7 +72,7 @@ class SimulationResult:
     metrics: dict
 
     def words(self) -> list[Event]:
-        return [e for e in self.events if e["type"] == "assistant_word"]
+        return [e for e in self.events if is_a(e, AssistantWord)]
 
 
 async def simulate(

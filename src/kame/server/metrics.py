@@ -30,7 +30,8 @@ STEP_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.1, 0.15
 LAG_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.25, 0.5, 1.0, 2.0, 5.0)
 # Response latency is negative when the assistant starts before the user has finished.
 RESPONSE_BUCKETS = (-2.0, -1.5, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
-_ORACLE_TYPES = frozenset(cls.TYPE for cls in ORACLE_TIMELINE_EVENTS)
+# The ``kind`` label of each oracle event: reset, append, end, cancel.
+_ORACLE_KINDS = {cls.TYPE: cls.TYPE.removeprefix("oracle_") for cls in ORACLE_TIMELINE_EVENTS}
 
 
 class ResponseLatency:
@@ -162,8 +163,8 @@ class ServerMetrics:
             self.oracle_lag.observe(float(event.get("lag", 0.0)))
         elif kind == LLMFirstToken.TYPE and "ttft" in event:
             self.llm_ttft.observe(float(event["ttft"]))
-        elif kind in _ORACLE_TYPES:
-            self.oracle_events.labels(kind.removeprefix("oracle_")).inc()
+        elif kind in _ORACLE_KINDS:
+            self.oracle_events.labels(_ORACLE_KINDS[kind]).inc()
         elif kind == Error.TYPE:
             self.errors.labels(str(event.get("source", "unknown"))).inc()
 

@@ -306,6 +306,9 @@ function onEvent(event) {
       $("m-session").textContent = `session ${event.session} · ${event.sample_rate / 1000} kHz`;
       setConnection(state.connection);
       break;
+    case "queued":
+      $("m-session").textContent = `waiting for a free session · position ${event.position}`;
+      break;
     case "partial":
       state.partial = event.text ?? "";
       state.partialT = event.t;
