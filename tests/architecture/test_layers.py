@@ -36,8 +36,8 @@ FORBIDDEN: dict[str, set[str]] = {
 
 def layer_of(path: Path) -> str:
     parts = path.relative_to(PACKAGE).parts
-    if parts == ("__main__.py",):
-        return "cli"  # ``python -m kame`` is the command line
+    if parts[-1] == "__main__.py":
+        return "cli"  # ``python -m kame`` (or ``-m kame.train``) is the command line
     return parts[0] if len(parts) > 1 and parts[0] in LAYERS else "foundation"
 
 

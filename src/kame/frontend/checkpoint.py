@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from kame.errors import UserError
 from kame.frontend import presets
 from kame.frontend.model import OracleLMModel
+from kame.frontend.rng import seeded
 from kame.frontend.tiny_mimi import asset_digest as tiny_mimi_digest
 from kame.frontend.tiny_mimi import load_tiny_mimi
 
@@ -478,15 +479,16 @@ def random_frontend(
     """An in-memory random front-end (e.g. the 7B shape for benchmarks, with no 15 GB file)."""
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
-    torch.manual_seed(seed)
     config = presets.lm_config(preset)
     if tokenizer is None and preset == "tiny":
         tokenizer = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
     if preset == "tiny":
         assert tokenizer is not None
         config["text_card"] = tokenizer.get_piece_size()
-    lm = build_lm(config, device=device, dtype=dtype).eval()
-    return Frontend(lm, preset_mimi(preset, device), tokenizer, config, {}, f"random:{preset}")
+    with seeded(seed, device):  # the same weights for a seed, and the caller's random state untouched
+        lm = build_lm(config, device=device, dtype=dtype).eval()
+        mimi = preset_mimi(preset, device)
+    return Frontend(lm, mimi, tokenizer, config, {}, f"random:{preset}")
 
 
 def save_checkpoint(

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from kame.frames import FRAME_SIZE, frames_for, place_reply
 from kame.frontend.checkpoint import Frontend
 from kame.frontend.engine import FrontendEngine
 from kame.frontend.generator import SamplingConfig, default_oracle_stream
 from kame.frontend.oracle_script import completes_oracle
+from kame.frontend.rng import seeded
 from kame.oracle import OracleOp
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ def run_inference(
     The last partial frame is padded with silence. ``oracle_stream=None`` chooses by
     ``default_oracle_stream``: off (stock Moshi) only for plain Moshi weights with an empty script.
     """
-    if seed is not None:
-        torch.manual_seed(seed)
     if oracle_stream is None:
         oracle_stream = default_oracle_stream(not frontend.upgraded_from_moshi, bool(script))
     frames = max(1, frames_for(len(user_audio)))
@@ -58,7 +56,10 @@ def run_inference(
     late_ops = [op for op in script if op.frame >= frames]
     if late_ops:
         logger.warning("%d oracle operations come after the audio ends and are not applied", len(late_ops))
-    with FrontendEngine(frontend, max_sessions=1, sampling=sampling, oracle_stream=oracle_stream) as engine:
+    with (
+        seeded(seed, frontend.device),
+        FrontendEngine(frontend, max_sessions=1, sampling=sampling, oracle_stream=oracle_stream) as engine,
+    ):
         return _run(engine, frontend, padded, len(user_audio), script)
 
 

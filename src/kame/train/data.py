@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from kame.data.dataset import CODES_FOLDER, SCHEMA, DatasetError, Record, read_records, shards
-from kame.data.frames import FRAME_RATE, FrameLoader, text_stream
+from kame.data.frames import FrameLoader, text_stream
+from kame.frames import FRAME_RATE
 
 logger = logging.getLogger(__name__)
 
