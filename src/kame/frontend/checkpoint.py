@@ -38,6 +38,7 @@ from kame.frontend.model import OracleLMModel
 from kame.frontend.rng import seeded
 from kame.frontend.tiny_mimi import asset_digest as tiny_mimi_digest
 from kame.frontend.tiny_mimi import load_tiny_mimi
+from kame.moshi_checkpoint import checkpoint_info
 
 logger = logging.getLogger(__name__)
 
@@ -135,24 +136,12 @@ def resolve_checkpoint(
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_path}: must hold a JSON object of settings")
 
-    def local(key: str, default: str | None) -> Path | None:
-        name = raw.get(key, default)
-        return None if name is None else checkpoint_file(folder, key, str(name))
-
-    moshi_name = local("moshi_name", moshi_loaders.MOSHI_NAME)
-    mimi_name = local("mimi_name", moshi_loaders.MIMI_NAME)
-    tokenizer_name = local("tokenizer_name", moshi_loaders.TEXT_TOKENIZER_NAME)
-    mimi_config = local("mimi_config_name", None)
-    lora_path = lora if lora is not None else local("lora_name", None)
-    return moshi_loaders.CheckpointInfo.from_hf_repo(
-        "local-folder",  # never contacted: every file below is a local Path
-        moshi_weights=moshi_name,
-        mimi_weights=mimi_name,
-        tokenizer=tokenizer_name,
-        config_path=config_path,
-        mimi_config_path=mimi_config,
-        lora_weights=lora_path,
-    )
+    given = {"lora_weights": lora} if lora is not None else {}
+    # "local-folder" is never contacted: every file is a local Path (checkpoint_file fetches hf:// ones)
+    return checkpoint_info(
+        "local-folder", config_path, raw, lambda key, name: checkpoint_file(folder, key, name),
+        moshi_default=moshi_loaders.MOSHI_NAME, **given,
+    )  # fmt: skip
 
 
 def checkpoint_file(folder: Path, key: str, name: str) -> Path:

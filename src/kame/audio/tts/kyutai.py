@@ -20,7 +20,7 @@ import numpy as np
 
 from kame.audio.tts.base import Speech, TTSEngine, TTSError, WordTiming
 from kame.audio.tts.words import text_words
-from kame.hub import hub_reachable
+from kame.moshi_checkpoint import MissingFiles, checkpoint_info, hub_file
 
 DEFAULT_REPO = "kyutai/tts-1.6b-en_fr"
 VOICE_REPO = "kyutai/tts-voices"
@@ -35,53 +35,34 @@ VARIETY = (
 DROPPED_FRAMES = 2  # moshi's simple_generate drops two decoded frames (a click at the start)
 
 
-def hub_file(repo: str, name: str) -> Path:
+def _hub_file(repo: str, name: str) -> Path:
     """A file of a Hugging Face repository: from the cache, else downloaded; a clear TTSError if neither."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, name, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: try the hub below
-        pass
     how = (
         f"download it where the hub is reachable (`huggingface-cli download {repo}`) and copy the cache, "
         "or pass a local folder (--tts kyutai:/path/to/folder); Kyutai's TTS also wants a GPU"
     )
-    if not hub_reachable():
-        where = f"kyutai: {repo}/{name} is not in the Hugging Face cache and the hub is unreachable"
-        raise TTSError(f"{where}; {how}")
-    try:
-        return Path(hf_hub_download(repo, name))
-    except Exception as exc:  # noqa: BLE001 - unknown, gated or unreachable repository
-        raise TTSError(f"kyutai: cannot download {repo}/{name} ({type(exc).__name__}: {exc}); {how}") from exc
+    return hub_file(repo, name, lambda message: TTSError(f"kyutai: {message}"), how)
 
 
 def _checkpoint_info(source: str) -> Any:
-    from moshi.models import loaders
-
     folder = Path(source).expanduser()
     if folder.is_dir():
         config = folder / "config.json"
         if not config.is_file():
             raise TTSError(f"kyutai: {folder} has no config.json")
-        locate = lambda name: folder / name  # noqa: E731
+        locate = lambda key, name: folder / name  # noqa: E731
     else:
         if source.count("/") != 1:
             raise TTSError(f"kyutai: {source!r} is neither a folder nor a Hugging Face repo (owner/name)")
-        config = hub_file(source, "config.json")
-        locate = lambda name: hub_file(source, name)  # noqa: E731
+        config = _hub_file(source, "config.json")
+        locate = lambda key, name: _hub_file(source, name)  # noqa: E731
     raw = json.loads(Path(config).read_text())
     if "tts_config" not in raw:
         raise TTSError(f"kyutai: {source} is not a TTS checkpoint (its config.json has no tts_config)")
-    files = {
-        "moshi_weights": locate(raw.get("moshi_name", "model.safetensors")),
-        "mimi_weights": locate(raw.get("mimi_name", loaders.MIMI_NAME)),
-        "tokenizer": locate(raw.get("tokenizer_name", loaders.TEXT_TOKENIZER_NAME)),
-    }
-    missing = [str(p) for p in files.values() if not Path(p).is_file()]
-    if missing:
-        raise TTSError(f"kyutai: {source} lacks {', '.join(missing)}")
-    return loaders.CheckpointInfo.from_hf_repo(str(source), config_path=config, **files)
+    try:
+        return checkpoint_info(str(source), Path(config), raw, locate)
+    except MissingFiles as exc:
+        raise TTSError(f"kyutai: {source} lacks {', '.join(str(path) for _, path in exc.missing)}") from exc
 
 
 class KyutaiTTS(TTSEngine):
@@ -130,7 +111,7 @@ class KyutaiTTS(TTSEngine):
             if not path.is_file():
                 raise TTSError(f"kyutai: no voice embedding file {path}")
             return path
-        return hub_file(self.voice_repo, voice + self.model.voice_suffix)
+        return _hub_file(self.voice_repo, voice + self.model.voice_suffix)
 
     def synthesize(self, text: str, *, voice: str | None = None, rate: float = 1.0) -> Speech:
         import torch

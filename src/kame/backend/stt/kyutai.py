@@ -34,7 +34,7 @@ from kame.backend.stt.base import StreamOptions, STTEngine, STTError, STTStream,
 from kame.backend.stt.vad import SAMPLE_RATE as VAD_RATE
 from kame.backend.stt.vad import SileroModel, SileroVAD, VADConfig
 from kame.frames import FRAME_RATE, FRAME_SIZE, SAMPLE_RATE
-from kame.hub import hub_reachable
+from kame.moshi_checkpoint import MissingFiles, checkpoint_info, hub_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,34 +99,15 @@ def load_kyutai_models(config: KyutaiConfig) -> KyutaiModels:
     return KyutaiModels(lm.eval(), mimi.eval(), tokenizer, dict(info.stt_config))
 
 
-def _checkpoint_files(raw: dict[str, Any]) -> dict[str, str]:
-    """moshi's file keys of a config.json and their default names."""
-    from moshi.models import loaders
-
-    files = {
-        "moshi_weights": raw.get("moshi_name", "model.safetensors"),
-        "mimi_weights": raw.get("mimi_name", loaders.MIMI_NAME),
-        "tokenizer": raw.get("tokenizer_name", loaders.TEXT_TOKENIZER_NAME),
-    }
-    if raw.get("mimi_config_name"):
-        files["mimi_config_path"] = raw["mimi_config_name"]
-    if raw.get("lora_name"):
-        files["lora_weights"] = raw["lora_name"]
-    return files
-
-
 def _info_from_folder(folder: Path) -> Any:
-    from moshi.models import loaders
-
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise STTError(f"kyutai: {folder} has no config.json")
-    files = _checkpoint_files(json.loads(config_path.read_text()))
-    missing = [name for name in files.values() if not (folder / name).is_file()]
-    if missing:
-        raise STTError(f"kyutai: {folder} lacks {', '.join(missing)}")
-    paths = {key: folder / name for key, name in files.items()}
-    return loaders.CheckpointInfo.from_hf_repo(str(folder), config_path=config_path, **paths)
+    try:
+        raw = json.loads(config_path.read_text())
+        return checkpoint_info(str(folder), config_path, raw, lambda key, name: folder / name)
+    except MissingFiles as exc:
+        raise STTError(f"kyutai: {folder} lacks {', '.join(path.name for _, path in exc.missing)}") from exc
 
 
 def _info_from_hub(repo: str) -> Any:
@@ -135,34 +116,17 @@ def _info_from_hub(repo: str) -> Any:
     moshi's own lookup is not used: offline it retries for most of a minute and then takes the
     repository for a Moshi 7B; here a missing file fails at once and says what to do.
     """
-    from moshi.models import loaders
-
-    config_path = Path(_hub_file(repo, "config.json"))
-    files = _checkpoint_files(json.loads(config_path.read_text()))
-    paths = {key: Path(_hub_file(repo, name)) for key, name in files.items()}
-    return loaders.CheckpointInfo.from_hf_repo(repo, config_path=config_path, **paths)
-
-
-def _hub_file(repo: str, name: str) -> str:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(repo, name, local_files_only=True)
-    except Exception:  # noqa: BLE001, S110 - not cached: try the hub below
-        pass
     how = (
         f"download it on a machine with internet access (`huggingface-cli download {repo}`, then copy "
         "the Hugging Face cache), or pass a local folder holding config.json, the model and Mimi "
         "safetensors and the SentencePiece tokenizer (--stt kyutai:/path/to/folder)"
     )
-    if not hub_reachable():
-        raise STTError(
-            f"kyutai: {repo}/{name} is not in the local Hugging Face cache and the hub is unreachable; {how}"
-        )
-    try:
-        return hf_hub_download(repo, name)
-    except Exception as exc:  # noqa: BLE001 - unknown repo, gated repo, network failure
-        raise STTError(f"kyutai: cannot download {repo}/{name} ({type(exc).__name__}: {exc}); {how}") from exc
+
+    def locate(key: str, name: str) -> Path:
+        return hub_file(repo, name, lambda message: STTError(f"kyutai: {message}"), how)
+
+    config_path = locate("config", "config.json")
+    return checkpoint_info(repo, config_path, json.loads(config_path.read_text()), locate)
 
 
 class WordDecoder:
