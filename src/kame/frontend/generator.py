@@ -108,17 +108,13 @@ class OracleLMGen(LMGen):
         super().__init__(lm_model, **kwargs)
 
     def _init_streaming_state(self, batch_size: int):
-        state = super()._init_streaming_state(batch_size)
-        rows = batch_size * (2 if self.cfg_coef != 1.0 else 1)
-        self.lm_model.streaming_oracle = torch.full(
-            (rows, 1), self.lm_model.oracle_pad_token_id, dtype=torch.long, device=self.lm_model.device
-        )
-        state.exit_stack.callback(setattr, self.lm_model, "streaming_oracle", None)
+        state = super()._init_streaming_state(batch_size)  # the LM streams now (cfg: 2 rows per item)
+        self.lm_model.feed_oracle_stream()
         return state
 
     def set_oracle(self, tokens: torch.Tensor) -> None:
         """Write this step's oracle tokens ``[B]`` into the buffer the (graphed) model reads."""
-        buffer = self.lm_model.streaming_oracle
+        buffer = self.lm_model.oracle_buffer
         if buffer is None:
             raise RuntimeError("set_oracle needs streaming mode: use `with lm_gen.streaming(batch_size):`")
         tokens = tokens.to(buffer.device, non_blocking=True).view(-1, 1)

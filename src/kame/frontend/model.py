@@ -24,21 +24,36 @@ Alignment, one convention for training and streaming (REFERENCE section 7 and 8)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from moshi.models.lm import LMModel, LMOutput
 from moshi.models.lm_utils import ScaledEmbedding, _init_layer
+from moshi.modules.streaming import State
 
 from kame.frontend.compile import compile_policy
 
 ORACLE_ZERO = -1  # embeds to a zero vector: "no oracle stream at all"
 
 
+@dataclass
+class OracleLMState(State):
+    """The LM's streaming state (moshi's ``State``) plus the oracle buffer of the current step.
+
+    ``oracle`` is ``[B, 1]``, one token per batch row, created once when a generator starts feeding the
+    oracle stream (``feed_oracle_stream``) and then only updated in place, so that a CUDA graph captured
+    on it reads each step's tokens. ``None``: nothing feeds an oracle, the LM computes plain Moshi.
+    """
+
+    oracle: torch.Tensor | None = None
+
+
 class OracleLMModel(LMModel):
     """``moshi.models.lm.LMModel`` plus the oracle embedding.
 
     In streaming, ``LMGen`` calls ``forward_text`` through a CUDA graph that only captures its call
-    arguments, so the oracle token of the current step is read from a persistent buffer
-    (``streaming_oracle``) that the generator updates in place before each step.
+    arguments, so the oracle token of the current step is read from the persistent buffer in the
+    streaming state (``OracleLMState.oracle``) that the generator updates in place before each step.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -54,8 +69,28 @@ class OracleLMModel(LMModel):
         )
         if self.oracle_emb.weight.device.type != "meta":
             _init_layer(self.oracle_emb)
-        self.streaming_oracle: torch.Tensor | None = None
         self._teacher_forced_oracle: torch.Tensor | None = None
+
+    def _init_streaming_state(self, batch_size: int) -> OracleLMState:
+        return OracleLMState(batch_size, next(iter(self.parameters())).device)
+
+    def feed_oracle_stream(self) -> torch.Tensor:
+        """Start feeding the oracle stream in this streaming session; returns its ``[B, 1]`` buffer
+        (pad tokens until written)."""
+        state = self._streaming_state
+        if not isinstance(state, OracleLMState):
+            raise RuntimeError("the oracle stream needs streaming mode: use `with lm.streaming(batch_size):`")
+        if state.oracle is None:
+            state.oracle = torch.full(
+                (state.batch_size, 1), self.oracle_pad_token_id, dtype=torch.long, device=state.device
+            )
+        return state.oracle
+
+    @property
+    def oracle_buffer(self) -> torch.Tensor | None:
+        """This streaming session's oracle buffer, if an oracle stream is fed."""
+        state = self._streaming_state
+        return state.oracle if isinstance(state, OracleLMState) else None
 
     @property
     def oracle_start_token_id(self) -> int:
@@ -103,8 +138,8 @@ class OracleLMModel(LMModel):
         cross_attention_src: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         oracle = self._teacher_forced_oracle
-        if oracle is None and self.streaming_oracle is not None and self.is_streaming:
-            oracle = self.streaming_oracle
+        if oracle is None:
+            oracle = self.oracle_buffer
         if oracle is None:
             return super().forward_text(sequence, sum_condition, cross_attention_src)
         return super().forward_text(
