@@ -271,8 +271,13 @@ class LiveEvent:
         return message
 
 
+def live_events() -> tuple[type[TimelineEvent], ...]:
+    """The timeline events forwarded to clients as they happen."""
+    return tuple(cls for cls in TIMELINE_EVENTS.values() if cls.LIVE)
+
+
 def live_types() -> tuple[str, ...]:
-    return tuple(name for name, cls in TIMELINE_EVENTS.items() if cls.LIVE)
+    return tuple(cls.TYPE for cls in live_events())
 
 
 def wire_types() -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
 from kame.backend.oracle_engine import OracleConfig, OracleEngine, OraclePolicy
 from kame.backend.prompts import load_prompt
 from kame.backend.stt.base import Transcript
-from kame.oracle import OracleOp as OracleEvent
+from kame.oracle import OracleOp
 from kame.timeline import Timeline
 
 
@@ -74,16 +74,16 @@ def final(text: str, audio_t: float = 0.0, utterance: int = 0) -> Transcript:
     return Transcript("final", text, (), utterance, audio_t, stable=len(text.split()))
 
 
-async def make(llm: LLMProvider, **config) -> tuple[OracleEngine, list[OracleEvent]]:
+async def make(llm: LLMProvider, **config) -> tuple[OracleEngine, list[OracleOp]]:
     policy = config.pop("policy", OraclePolicy())
-    events: list[OracleEvent] = []
+    events: list[OracleOp] = []
     engine = OracleEngine(llm, events.append, config=OracleConfig(policy=policy, **config), session="t")
     await engine.start()
     return engine, events
 
 
-def by_stream(events: list[OracleEvent]) -> dict[int, list[OracleEvent]]:
-    out: dict[int, list[OracleEvent]] = {}
+def by_stream(events: list[OracleOp]) -> dict[int, list[OracleOp]]:
+    out: dict[int, list[OracleOp]] = {}
     for event in events:
         out.setdefault(event.stream_id, []).append(event)
     return out

@@ -73,7 +73,7 @@ class EventPlan:
 
 
 @dataclass(frozen=True)
-class OracleEvent:
+class SimulatedOracle:
     time: float
     frame: int
     level: int
@@ -157,7 +157,7 @@ async def simulate(
     max_tokens: int = 64,
     max_words: int = 30,
     limit: asyncio.Semaphore | None = None,
-) -> tuple[list[OracleEvent], int]:
+) -> tuple[list[SimulatedOracle], int]:
     """Write every planned oracle: level 5 is the next assistant turn verbatim; other levels ask ``llm``
     (concurrently, at most ``limit`` at once). Returns the events and how many came back empty (dropped).
     Raises LLMError when the simulator fails; ``llm`` may be None when every plan is at level 5."""
@@ -179,7 +179,7 @@ async def simulate(
 
     texts = await asyncio.gather(*(write(p, h) for p, h in zip(plans, hints, strict=True)))
     events = [
-        OracleEvent(p.time, p.frame, p.level, p.ratio, p.heard, p.total, p.turn, text)
+        SimulatedOracle(p.time, p.frame, p.level, p.ratio, p.heard, p.total, p.turn, text)
         for p, text in zip(plans, texts, strict=True)
         if text.strip(" .,")
     ]

@@ -28,6 +28,7 @@ from kame.events import (
     SessionEnd,
     SessionStart,
     WireEvent,
+    live_events,
     live_types,
 )
 from kame.frames import SAMPLE_RATE
@@ -137,7 +138,7 @@ class Session:
         self._closed = False
         self.audio_out: list[np.ndarray] = []  # kept when ``keep_audio`` (offline simulation)
         self.keep_audio = False
-        self._unsubscribe = self.timeline.subscribe(self._observe)
+        self._unsubscribe = self.timeline.subscribe(self._observe, LLMFirstToken, *live_events())
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
