@@ -32,14 +32,15 @@ from moshi.models import loaders as moshi_loaders
 from moshi.models.compression import MimiModel
 from moshi.quantization.vq import ResidualVectorQuantizer
 
+from kame.frames import SAMPLE_RATE
 from kame.frontend import presets
+from kame.frontend.rng import seeded
 
 logger = logging.getLogger(__name__)
 
 ASSET = "assets/tiny_mimi.safetensors"
 SEED = 1234
 NUM_CODEBOOKS = 8
-SAMPLE_RATE = presets.TINY_MIMI_CONFIG["sample_rate"]
 
 
 class TinyMimiError(RuntimeError):
@@ -82,7 +83,11 @@ def untrained_tiny_mimi(seed: int = SEED) -> MimiModel:
     the frames follow each band's envelope rather than the waveform's phase: the same words said by
     another espeak-ng voice or at another rate land near each other.
     """
-    torch.manual_seed(seed)
+    with seeded(seed):
+        return _random_tiny_mimi()
+
+
+def _random_tiny_mimi() -> MimiModel:
     mimi = moshi_loaders.get_mimi(None, presets.mimi_config("tiny"), num_codebooks=NUM_CODEBOOKS)
     with torch.no_grad():
         for part in (mimi.encoder, mimi.downsample):
@@ -136,10 +141,14 @@ def latents(mimi: MimiModel, audios: list[np.ndarray]) -> torch.Tensor:
     return torch.cat(frames)
 
 
-@torch.no_grad()
 def fit_codebooks(mimi: MimiModel, frames: torch.Tensor, seed: int = SEED) -> None:
     """Fit every RVQ stage by k-means to what the stages before it leave (moshi's k-means init)."""
-    torch.manual_seed(seed)
+    with seeded(seed):
+        _fit_codebooks(mimi, frames)
+
+
+@torch.no_grad()
+def _fit_codebooks(mimi: MimiModel, frames: torch.Tensor) -> None:
     x = frames.T[None]  # [1, D, N], the quantizer's layout
     for rvq in (mimi.quantizer.rvq_first, mimi.quantizer.rvq_rest):
         assert isinstance(rvq, ResidualVectorQuantizer)
