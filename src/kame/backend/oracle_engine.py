@@ -28,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kame.backend import oracle_policy
+from kame.backend.answer_text import cap_words, clean_chunk
 from kame.backend.conversation import Conversation, PromptFormat
 from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
 from kame.backend.oracle_policy import OraclePolicy, PolicyState, RunningStream
@@ -59,9 +59,6 @@ from kame.timeline import Timeline
 __all__ = ["OracleConfig", "OracleEngine", "OraclePolicy", "OracleStats"]
 
 logger = logging.getLogger(__name__)
-
-# Characters a speech synthesizer would read out literally or choke on (markdown, code, tables).
-_UNSPEAKABLE = re.compile(r"[*#_`~|<>\[\]{}\\^]")
 
 
 @dataclass
@@ -377,7 +374,7 @@ class OracleEngine:
             async for raw in chunks:
                 if stream.done:
                     break
-                text = self._clean(raw, first=not stream.text)
+                text = clean_chunk(raw, first=not stream.text, speakable_only=self.config.speakable_only)
                 if not text:
                     continue
                 if stream.first_token is None:
@@ -394,7 +391,7 @@ class OracleEngine:
                     if not self._adopt(stream):
                         return
                     self._wake()  # a restart may have waited for this first token
-                text, cut = self._cap(stream, text)
+                text, cut = cap_words(stream.text, text, self.config.max_words)
                 if text:
                     stream.text += text
                     stream.chunks += 1
@@ -430,24 +427,6 @@ class OracleEngine:
         self._adopted_id = stream.id
         self.stats.adopted += 1
         return True
-
-    def _cap(self, stream: _Stream, text: str) -> tuple[str, bool]:
-        """Cut ``text`` where the answer reaches ``max_words``; returns (text to keep, was cut)."""
-        limit = self.config.max_words
-        if limit is None:
-            return text, False
-        combined = stream.text + text
-        if len(combined.split()) <= limit:
-            return text, False
-        words = re.finditer(r"\S+", combined)
-        end = next(m.end() for i, m in enumerate(words) if i == limit - 1)
-        return (combined[len(stream.text) : end] if end > len(stream.text) else ""), True
-
-    def _clean(self, text: str, *, first: bool) -> str:
-        if self.config.speakable_only:
-            text = _UNSPEAKABLE.sub("", text)
-        text = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
-        return text.lstrip() if first else text
 
     def _finish(self, stream: _Stream) -> None:
         stream.done = True
