@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from kame.errors import UserError
+
 TRAIN_CHOICES = ("all", "embeddings", "depformer")
 SCHEDULES = ("constant", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training configuration that cannot run; the message says what to fix."""
 
 

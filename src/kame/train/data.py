@@ -18,6 +18,7 @@ import torch
 
 from kame.data.dataset import CODES_FOLDER, SCHEMA, DatasetError, Record, read_records, shards
 from kame.data.frames import FrameLoader, text_stream
+from kame.errors import UserError
 from kame.frames import FRAME_RATE
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("id", "sample_rate", "duration", "user_words", "assistant_words", "oracles")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset that cannot be trained on with this front-end; the message says what to fix."""
 
 

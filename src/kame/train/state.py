@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from kame.errors import UserError
 from kame.frontend.checkpoint import CONFIG_NAME, Frontend, save_checkpoint
 from kame.train.config import TrainConfig
 from kame.train.distributed import World
@@ -44,7 +45,7 @@ RUN_FORMAT = "kame-train/1"
 SHARDS = "shards"
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """An output folder that this run cannot use; the message says what to fix."""
 
 
