@@ -245,6 +245,12 @@ class AssistantSaid(WireEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ShuttingDown(WireEvent):
+    TYPE = "shutdown"
+    drain_s: float  # the server is draining: the session may run this much longer
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsUpdate(WireEvent):
     TYPE = "metrics"
     values: dict[str, Any]  # the session's counters (``SessionMetrics.snapshot``)

@@ -26,7 +26,15 @@ import numpy as np
 import sphn
 from aiohttp import WSMsgType, web
 
-from kame.events import LiveEvent, MetricsUpdate, Queued, SessionError, SessionReady, WireEvent
+from kame.events import (
+    LiveEvent,
+    MetricsUpdate,
+    Queued,
+    SessionError,
+    SessionReady,
+    ShuttingDown,
+    WireEvent,
+)
 from kame.frames import FRAME_S, SAMPLE_RATE
 from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FrameStepper, ProcessStepper
@@ -229,7 +237,7 @@ class KameServer:
         live = list(self._sockets.values())
         logger.info("draining: %d live sessions get up to %.0f s to finish", len(live), timeout_s)
         for _, output in live:
-            output.on_event({"type": "shutdown", "drain_s": timeout_s})
+            output.on_event(ShuttingDown(drain_s=timeout_s))
         deadline = time.monotonic() + timeout_s
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -309,6 +309,9 @@ function onEvent(event) {
     case "queued":
       $("m-session").textContent = `waiting for a free session · position ${event.position}`;
       break;
+    case "shutdown":
+      showBanner("The server is shutting down", `This session can go on for up to ${Math.round(event.drain_s)} s.`, { tone: "warning" });
+      break;
     case "partial":
       state.partial = event.text ?? "";
       state.partialT = event.t;
