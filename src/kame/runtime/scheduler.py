@@ -33,8 +33,9 @@ import numpy as np
 
 from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE
 from kame.frontend.engine import FrontendEngine
-from kame.frontend.generator import SamplingConfig, StepResult, default_oracle_stream
+from kame.frontend.generator import SamplingConfig, SlotsFullError, StepResult, default_oracle_stream
 from kame.oracle import OracleOp
+from kame.runtime import frame_pipe as pipe
 from kame.runtime.words import AssistantWords
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,53 @@ class SessionSink(Protocol):
     """What the frame clock delivers to (called on the clock's thread, or a receiver thread)."""
 
     def deliver(self, frame: SlotFrame, step_s: float, late: bool) -> None: ...
+
+
+class FrontendDown(RuntimeError):
+    """The front-end cannot serve: its process died or restarted, or its clock stopped; says why."""
+
+
+class Stepper(Protocol):
+    """The frame clock as sessions and the server see it, complete: ``FrameStepper`` (a thread) and
+    ``ProcessStepper`` (a child process) implement every member. ``join`` raises ``SlotsFullError``
+    when every slot is taken and ``FrontendDown`` when the front-end cannot serve."""
+
+    stats: StepStats
+    on_step: Callable[[float, int, bool], None] | None
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the front-end stopped serving, if it did."""
+
+    @property
+    def pid(self) -> int | None:
+        """The front-end's own process, if it runs in one."""
+
+    @property
+    def can_restart(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+    async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int: ...
+
+    def leave(self, slot: int) -> None: ...
+
+    def push_audio(self, slot: int, pcm: np.ndarray) -> None: ...
+
+    def send_oracle(self, slot: int, op: OracleOp) -> None: ...
 
 
 @dataclass
@@ -317,6 +365,17 @@ class FrameStepper:
         return str(self.engine.device)
 
     @property
+    def pid(self) -> int | None:
+        return None  # it runs in this process
+
+    @property
+    def can_restart(self) -> bool:
+        return False
+
+    def restart(self) -> None:
+        raise FrontendDown("the thread frame clock cannot be restarted")
+
+    @property
     def failure(self) -> str | None:
         """Why the clock stopped stepping (a thread cannot be restarted: the server ends), if it did."""
         thread = self._thread
@@ -326,6 +385,8 @@ class FrameStepper:
 
     async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
         """A slot at the next frame boundary; raises ``SlotsFullError`` when every slot is taken."""
+        if self.failure:
+            raise FrontendDown(self.failure)
         if self._thread is None:  # by hand: nothing else is stepping
             return self.clock.join(sink, max_backlog_s)
         loop = asyncio.get_running_loop()
@@ -446,6 +507,10 @@ class ProcessStepper:
         process = self._process
         return process.pid if process is not None and process.is_alive() else None
 
+    @property
+    def can_restart(self) -> bool:
+        return True
+
     def start(self) -> None:
         """Spawn the child, let it load and warm up the front-end, and wait until it is ready."""
         if self._process is not None:
@@ -469,12 +534,13 @@ class ProcessStepper:
             message = parent.recv()
         except (EOFError, OSError):
             self._process.join(5)
-            message = ("error", f"it exited during start-up (exit code {self._process.exitcode})")
-        if message[0] != "ready":
+            message = pipe.StartFailed(f"it exited during start-up (exit code {self._process.exitcode})")
+        if not isinstance(message, pipe.Ready):
             self._process.join(5)
             if self._process.is_alive():
                 self._process.kill()
-            raise RuntimeError(f"the front-end process failed to start: {message[1]}")
+            error = message.error if isinstance(message, pipe.StartFailed) else f"unexpected {message!r}"
+            raise RuntimeError(f"the front-end process failed to start: {error}")
         self._receiver = threading.Thread(
             target=self._receive, args=(parent, self._process), name="kame-frame-results", daemon=True
         )
@@ -483,7 +549,7 @@ class ProcessStepper:
     def stop(self) -> None:
         if self._process is None:
             return
-        self._send(("stop",))
+        self._send(pipe.Stop())
         self._process.join(10)
         if self._process.is_alive():
             self._process.kill()
@@ -507,7 +573,7 @@ class ProcessStepper:
         with self._audio_lock:
             self._audio.clear()
         for loop, future, _ in self._pending.values():
-            loop.call_soon_threadsafe(_settle, future, None, RuntimeError("the front-end process restarted"))
+            loop.call_soon_threadsafe(_settle, future, None, FrontendDown("the front-end process restarted"))
         self._pending.clear()
         try:
             self.start()
@@ -517,7 +583,7 @@ class ProcessStepper:
             raise
         self.failure = None
 
-    def _send(self, message: tuple) -> None:
+    def _send(self, message: pipe.ToChild) -> None:
         with self._send_lock:
             try:
                 self._conn.send(message)
@@ -526,25 +592,25 @@ class ProcessStepper:
 
     async def join(self, sink: SessionSink, max_backlog_s: float = 0.5) -> int:
         if self.failure:
-            raise RuntimeError(self.failure)
+            raise FrontendDown(self.failure)
         loop = asyncio.get_running_loop()
         request = next(self._ids)
         done: asyncio.Future[int] = loop.create_future()
         self._pending[request] = (loop, done, sink)
-        self._send(("join", request, max_backlog_s))
+        self._send(pipe.Join(request, max_backlog_s))
         return await done
 
     def leave(self, slot: int) -> None:
         self._sinks.pop(slot, None)
         if self.failure is None:
             self._flush_audio()  # before the slot can be handed to another session
-            self._send(("leave", slot))
+            self._send(pipe.Leave(slot))
 
     def push_audio(self, slot: int, pcm: np.ndarray) -> None:
         if self.failure is not None:
             return
         if self.audio_batch_s <= 0:
-            self._send(("audio", [(slot, np.asarray(pcm, dtype=np.float32))]))
+            self._send(pipe.Audio([(slot, np.asarray(pcm, dtype=np.float32))]))
             return
         with self._audio_lock:
             self._audio.append((slot, np.asarray(pcm, dtype=np.float32)))
@@ -561,11 +627,11 @@ class ProcessStepper:
             batch, self._audio = self._audio, []
             self._flush_pending = False
         if batch and self.failure is None:
-            self._send(("audio", batch))
+            self._send(pipe.Audio(batch))
 
     def send_oracle(self, slot: int, op: OracleOp) -> None:
         if self.failure is None:
-            self._send(("oracle", slot, op))
+            self._send(pipe.Oracle(slot, op))
 
     def _receive(self, conn: Any, process: multiprocessing.process.BaseProcess) -> None:
         while True:
@@ -578,30 +644,32 @@ class ProcessStepper:
                 if code not in (None, 0):
                     logger.error("the front-end process died (exit code %s)", code)
                 for loop, future, _ in self._pending.values():
-                    loop.call_soon_threadsafe(_settle, future, None, RuntimeError(self.failure))
+                    loop.call_soon_threadsafe(_settle, future, None, FrontendDown(self.failure))
                 self._pending.clear()
                 return
-            kind = message[0]
-            if kind == "frames":
-                _, step_s, late, frames = message
-                self.stats.add(step_s, len(frames), late)
-                for frame in frames:
-                    sink = self._sinks.get(frame.slot)
-                    if sink is not None:
-                        sink.deliver(frame, step_s, late)
-                if self.on_step is not None:
-                    self.on_step(step_s, len(frames), late)
-            elif kind == "joined":
-                _, request, slot, error = message
-                loop, future, sink = self._pending.pop(request)
-                if error is None:
-                    self._sinks[slot] = sink
-                    loop.call_soon_threadsafe(_settle, future, slot, None)
-                else:
-                    loop.call_soon_threadsafe(_settle, future, None, RuntimeError(error))
-            elif kind == "stats":
-                _, resyncs, errors = message
-                self.stats.resyncs, self.stats.errors = resyncs, errors
+            self._on_message(message)
+
+    def _on_message(self, message: pipe.ToParent) -> None:
+        if isinstance(message, pipe.Frames):
+            self.stats.add(message.step_s, len(message.frames), message.late)
+            for frame in message.frames:
+                sink = self._sinks.get(frame.slot)
+                if sink is not None:
+                    sink.deliver(frame, message.step_s, message.late)
+            if self.on_step is not None:
+                self.on_step(message.step_s, len(message.frames), message.late)
+        elif isinstance(message, pipe.Joined):
+            loop, future, sink = self._pending.pop(message.request)
+            if message.slot is not None:
+                self._sinks[message.slot] = sink
+                loop.call_soon_threadsafe(_settle, future, message.slot, None)
+            else:
+                error = SlotsFullError if message.full else FrontendDown
+                loop.call_soon_threadsafe(_settle, future, None, error(message.error))
+        elif isinstance(message, pipe.ClockStats):
+            self.stats.resyncs, self.stats.errors = message.resyncs, message.errors
+        else:
+            logger.error("the front-end process sent an unexpected message: %r", message)
 
 
 class _PipeSink:
@@ -637,14 +705,14 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
         )
         warm_up(engine, spec.warm_up_frames)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(pipe.StartFailed(f"{type(exc).__name__}: {exc}"))
         return
     clock = FrameClock(engine, frame_s=spec.frame_s)
     batch: list[SlotFrame] = []
     sink = _PipeSink(batch)
     send_lock = threading.Lock()
 
-    def send(message: tuple) -> None:
+    def send(message: pipe.ToParent) -> None:
         with send_lock:
             try:
                 conn.send(message)
@@ -654,19 +722,21 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
     def on_step(step_s: float, sessions: int, late: bool) -> None:
         frames = list(batch)
         batch.clear()
-        send(("frames", step_s, late, frames))
+        send(pipe.Frames(step_s, late, frames))
         if clock.stats.steps % 125 == 0:
-            send(("stats", clock.stats.resyncs, clock.stats.errors))
+            send(pipe.ClockStats(clock.stats.resyncs, clock.stats.errors))
 
     clock.on_step = on_step
 
     def join(request: int, max_backlog_s: float) -> None:
         try:
             slot = clock.join(sink, max_backlog_s)
+        except SlotsFullError as exc:
+            send(pipe.Joined(request, None, str(exc), full=True))
         except Exception as exc:  # noqa: BLE001 - reported to the session that asked
-            send(("joined", request, None, f"{type(exc).__name__}: {exc}"))
+            send(pipe.Joined(request, None, f"{type(exc).__name__}: {exc}"))
         else:
-            send(("joined", request, slot, None))
+            send(pipe.Joined(request, slot))
 
     def read() -> None:
         while True:
@@ -675,23 +745,24 @@ def _child_main(conn: Any, spec: FrontendProcessSpec) -> None:
             except (EOFError, OSError):
                 clock.stop()
                 return
-            kind = message[0]
-            if kind == "audio":
-                for slot, pcm in message[1]:
+            if isinstance(message, pipe.Audio):
+                for slot, pcm in message.chunks:
                     clock.push_audio(slot, pcm)
-            elif kind == "join":
-                clock.submit(lambda m=message: join(m[1], m[2]))
-            elif kind == "leave":
-                clock.submit(lambda m=message: clock.leave(m[1]))
-            elif kind == "oracle":
-                clock.submit(lambda m=message: clock.apply_oracle(m[1], m[2]))
-            elif kind == "stop":
+            elif isinstance(message, pipe.Join):
+                clock.submit(lambda m=message: join(m.request, m.max_backlog_s))
+            elif isinstance(message, pipe.Leave):
+                clock.submit(lambda m=message: clock.leave(m.slot))
+            elif isinstance(message, pipe.Oracle):
+                clock.submit(lambda m=message: clock.apply_oracle(m.slot, m.op))
+            elif isinstance(message, pipe.Stop):
                 clock.stop()
                 return
+            else:
+                logger.error("the server sent the front-end process an unexpected message: %r", message)
 
     threading.Thread(target=read, name="kame-frame-input", daemon=True).start()
     sys.setswitchinterval(0.0005)
-    conn.send(("ready", spec.max_sessions))
+    conn.send(pipe.Ready(spec.max_sessions))
     clock.run_realtime(spec.nice)
     engine.close()
 

@@ -34,7 +34,7 @@ from kame.events import (
 from kame.frames import SAMPLE_RATE
 from kame.oracle import OracleOp
 from kame.runtime.backend import Backend, SessionBackend
-from kame.runtime.scheduler import SlotFrame
+from kame.runtime.scheduler import SlotFrame, Stepper
 from kame.timeline import Clock, Event, Timeline
 
 logger = logging.getLogger(__name__)
@@ -96,18 +96,6 @@ class SessionMetrics:
             "oracle_lag_ms": median_ms(self.oracle_lag_s),
             "llm_ttft_ms": median_ms(self.llm_ttft_s),
         }
-
-
-class Stepper(Protocol):
-    """The frame clock as a session sees it (``FrameStepper`` or ``ProcessStepper``)."""
-
-    async def join(self, sink: Any, max_backlog_s: float = 0.5) -> int: ...
-
-    def leave(self, slot: int) -> None: ...
-
-    def push_audio(self, slot: int, pcm: np.ndarray) -> None: ...
-
-    def send_oracle(self, slot: int, op: OracleOp) -> None: ...
 
 
 class Session:

@@ -37,7 +37,7 @@ from kame.events import (
 )
 from kame.frames import FRAME_S, SAMPLE_RATE
 from kame.runtime.backend import Backend
-from kame.runtime.scheduler import FrameStepper, ProcessStepper
+from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
 from kame.server import protocol
 from kame.server.metrics import CpuMeter, ServerMetrics
@@ -168,7 +168,7 @@ class KameServer:
 
     def __init__(
         self,
-        stepper: FrameStepper | ProcessStepper,
+        stepper: Stepper,
         backend: Backend | None,
         config: ServerConfig | None = None,
         static_dir: str | Path | None = None,
@@ -183,7 +183,7 @@ class KameServer:
         self.stepper.on_step = self.metrics.on_step
         self.gate = CapacityGate(stepper.capacity, self.config.queue_size, self.config.when_full == "queue")
         self.limiter = ClientLimiter(self.config.max_per_client)
-        self.cpu = CpuMeter(lambda: self.stepper.stats.frames, lambda: getattr(self.stepper, "pid", None))
+        self.cpu = CpuMeter(lambda: self.stepper.stats.frames, lambda: self.stepper.pid)
         self.sessions: dict[str, Session] = {}
         self._sockets: dict[str, tuple[web.WebSocketResponse, WebSocketOutput]] = {}
         self._ids = itertools.count(1)
@@ -268,7 +268,7 @@ class KameServer:
             failure = self.failure
             if failure is None or self.state in ("error", "draining"):
                 continue
-            if not hasattr(self.stepper, "restart"):
+            if not self.stepper.can_restart:
                 self.state = "error"
                 self.fatal = f"the front-end failed ({failure}); the thread frame clock cannot be restarted"
                 logger.critical("%s: the server stops", self.fatal)
@@ -293,7 +293,7 @@ class KameServer:
             delay = min(config.restart_backoff_max_s, config.restart_backoff_s * 2**doublings)
             await asyncio.sleep(delay)
             try:
-                await asyncio.to_thread(self.stepper.restart)  # type: ignore[union-attr]
+                await asyncio.to_thread(self.stepper.restart)
             except Exception as exc:  # noqa: BLE001 - counted; several in a row and it gives up
                 failed += 1
                 logger.error("restarting the front-end failed (%d in a row): %s", failed, exc)
@@ -314,7 +314,7 @@ class KameServer:
     @property
     def failure(self) -> str | None:
         """Why the front-end cannot serve now (its process died, its thread failed), if it cannot."""
-        return getattr(self.stepper, "failure", None)
+        return self.stepper.failure
 
     @property
     def serving(self) -> bool:
@@ -324,7 +324,7 @@ class KameServer:
         stats = self.stepper.stats
         status = self.state
         if status == "ok" and self.failure:  # the supervisor has not seen it yet
-            status = "restarting" if hasattr(self.stepper, "restart") else "error"
+            status = "restarting" if self.stepper.can_restart else "error"
         body = {
             "status": status,
             "error": self.give_up or self.fatal or self.failure,
