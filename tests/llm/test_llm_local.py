@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -118,3 +119,26 @@ def test_answers_do_not_depend_on_earlier_requests_without_prompt_reuse(run):
 
     forward, backward = run(answers([0, 1, 2, 3])), run(answers([3, 1, 2, 0]))
     assert forward == backward
+
+
+RATING = 'root ::= "Rating: [[" ("10" | [1-9]) "]]"'
+
+
+def test_a_grammar_constrains_every_answer(run):
+    llm = create_llm("local", threads=1, grammar=RATING)
+    prompt = [ChatMessage("user", "Tell me about dragons, then rate dragons from 1 to 10.")]
+    answer = run(llm.complete(prompt, max_tokens=16, temperature=0.7))
+    assert re.fullmatch(r"Rating: \[\[(10|[1-9])\]\]", answer), answer
+
+
+def test_a_grammar_that_does_not_parse_is_an_llm_error(run):
+    llm = create_llm("local", threads=1, grammar='root ::= "unclosed')
+    with pytest.raises(LLMError, match="grammar"):
+        run(llm.complete([ChatMessage("user", "Hi")], max_tokens=4))
+
+
+def test_a_grammar_needs_a_local_model():
+    from kame.backend.llm.options import LLMSpecError
+
+    with pytest.raises(LLMSpecError, match="local"):
+        create_llm("openai:gpt-4.1-mini", api_key="k", grammar=RATING)

@@ -5,7 +5,8 @@ The default model is SmolLM2-135M-Instruct, shipped inside the PyPI package ``ll
 runs any other GGUF file. A process loads each model once and shares it: decoding holds the model's
 lock, so concurrent sessions queue. Decoding runs in a worker thread and checks a stop flag between
 tokens, so cancelling the consuming task (or closing the stream) frees the model within one token (after
-the prompt, which is read in one go).
+the prompt, which is read in one go). The ``grammar`` option (GBNF) constrains every answer to a format,
+as a judge needs to always return a rating.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class LocalLLM(LLMProvider):
         if not model_path.is_file():
             raise LLMError(self.name, f"{model_path}: no such GGUF file; give local:/path/to/model.gguf")
         self.model = MODELS.get(model_path, self.options.context, self.options.threads or default_threads())
+        self._grammar: Any = None  # the compiled grammar, checked against the model's vocabulary once
 
     async def stream_chat(
         self,
@@ -171,6 +173,8 @@ class LocalLLM(LLMProvider):
                 if stop.is_set():
                     return
                 llama = model.llama()
+                if self.options.grammar and self._grammar is None:
+                    self._grammar = _grammar_for(llama, self.options.grammar)
                 if not self.options.reuse_prompt:
                     llama.reset()  # forget the previous prompt: no prefix reuse, same numbers every time
                 pieces = llama.create_chat_completion(
@@ -178,6 +182,7 @@ class LocalLLM(LLMProvider):
                     max_tokens=max_tokens,
                     temperature=temperature,
                     seed=self.options.seed,
+                    grammar=self._grammar,
                     stream=True,
                 )
                 try:
@@ -201,3 +206,15 @@ class LocalLLM(LLMProvider):
             emit(LLMError(self.name, f"decoding failed: {type(exc).__name__}: {exc}"))
         finally:
             emit(_END)
+
+
+
+def _grammar_for(llama: Any, text: str) -> Any:
+    """A llama.cpp grammar from GBNF text; a grammar that does not parse is an LLMError, not a crash."""
+    import llama_cpp
+
+    probe = llama_cpp.llama_sampler_init_grammar(llama._model.vocab, text.encode(), b"root")
+    if not probe:  # llama.cpp prints the parse error and returns NULL
+        raise LLMError("local", "the grammar does not parse as GBNF (llama.cpp logged where); fix its rules")
+    llama_cpp.llama_sampler_free(probe)
+    return llama_cpp.LlamaGrammar.from_string(text, verbose=False)

@@ -39,6 +39,7 @@ class LLMOptions:
     seed: int | None = None  # sampling seed (remote: sent where the API takes one)
     reuse_prompt: bool = True  # False: read every prompt from scratch, so answers never depend on earlier
     # requests (llama.cpp's prefix reuse changes the float rounding); repeatable datasets need that
+    grammar: str | None = None  # a llama.cpp GBNF grammar every answer must follow (a judge's rating)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> LLMOptions:
@@ -55,6 +56,8 @@ class LLMOptions:
             raise LLMSpecError(f"retries must be 0 or more, got {opts.retries}")
         if opts.backoff < 0:
             raise LLMSpecError(f"backoff must be 0 or more seconds, got {opts.backoff}")
+        if opts.grammar is not None and not opts.grammar.strip():
+            raise LLMSpecError("grammar is empty; give a GBNF grammar with a root rule, or none")
         return opts
 
 

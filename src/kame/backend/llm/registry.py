@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kame.backend.llm.base import LLMProvider
-from kame.backend.llm.options import LLMOptions, parse_spec
+from kame.backend.llm.options import LLMOptions, LLMSpecError, parse_spec
 
 DEFAULT_LLM = "local"
 
@@ -24,6 +24,10 @@ def create_llm(spec: str = DEFAULT_LLM, **options: Any) -> LLMProvider:
     opts = LLMOptions.from_kwargs(options)
     if parsed.base_url and not opts.base_url:
         opts.base_url = parsed.base_url
+    if opts.grammar is not None and parsed.provider != "local":
+        raise LLMSpecError(
+            f"{spec!r}: a grammar constrains llama.cpp's sampling, so it needs a local model (local[:PATH])"
+        )
     if parsed.provider == "local":
         from kame.backend.llm.local import LocalLLM
 
