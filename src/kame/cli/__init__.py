@@ -13,7 +13,7 @@ import sys
 
 from kame.errors import UserError
 
-COMMANDS = ("checkpoint", "infer", "serve", "simulate", "demo", "oracle", "data", "train")
+COMMANDS = ("checkpoint", "infer", "serve", "simulate", "demo", "oracle", "data", "train", "eval")
 
 __all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 

@@ -59,3 +59,28 @@ def summarize_timeline(events: list[Event]) -> dict[str, Any]:
         "final_oracle": oracles[-1] if oracles else None,
         "errors": [e.get("text") or e.get("message") for e in events if _is(e, Error)],
     }
+
+
+def response_latency(user_end: float, reply_starts: list[float]) -> float | None:
+    """The project's response latency: the reply's first word minus the end of the user's last word.
+
+    Negative when the system started before the user finished; None when it never spoke.
+    """
+    return round(min(reply_starts) - user_end, 3) if reply_starts else None
+
+
+def latency_stats(latencies: list[float | None]) -> dict[str, Any]:
+    """Median, p90 and the share that started before the user finished, over the replies that spoke;
+    ``silent`` counts the replies with no word at all."""
+    values = sorted(v for v in latencies if v is not None)
+    if not values:
+        return {"median": None, "p90": None, "n": 0, "before_user_end": None, "silent": len(latencies)}
+    import numpy as np
+
+    return {
+        "median": round(float(np.median(values)), 3),
+        "p90": round(float(np.percentile(values, 90)), 3),
+        "n": len(values),
+        "before_user_end": round(sum(v < 0 for v in values) / len(values), 3),
+        "silent": len(latencies) - len(values),
+    }

@@ -1,7 +1,9 @@
 """Offline simulation: the live session code over a recording, on a virtual or a real clock.
 
 The user's audio is fed frame by frame, followed by silence until the assistant's reply ends (its text
-stream falls silent for ``reply_silence_s``) or ``max_reply_s`` passes. With ``realtime`` the frames are
+stream falls silent for ``reply_silence_s``) or ``max_reply_s`` passes. A conversation is several such
+turns in one session: each next turn of user audio starts on the frame after the previous reply ended,
+so the reply to it hears the real history. With ``realtime`` the frames are
 paced by the wall clock, exactly as a live client. Without it (the default) a virtual clock runs: it
 advances 80 ms per frame and charges the back-end (STT decoding, LLM streaming) its real wall time
 while it has work pending, skipping ahead when it is idle, and charges the front-end's own compute
@@ -15,7 +17,8 @@ import asyncio
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,7 +27,7 @@ from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE, frames_for, place_repl
 from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
 from kame.runtime.scheduler import FrameStepper
-from kame.runtime.session import Session
+from kame.runtime.session import Session, SessionOutput
 from kame.timeline import Event
 
 
@@ -70,6 +73,7 @@ class SimulationResult:
     events: list[Event]
     frames: int
     metrics: dict
+    turn_starts: list[float] = field(default_factory=lambda: [0.0])  # seconds where each user turn began
 
     def words(self) -> list[Event]:
         return [e for e in self.events if is_a(e, AssistantWord)]
@@ -78,30 +82,36 @@ class SimulationResult:
 async def simulate(
     engine: FrontendEngine,
     backend: Backend | None,
-    user_audio: np.ndarray,
+    user_audio: np.ndarray | Sequence[np.ndarray],
     config: SimulationConfig | None = None,
     *,
     session_id: str = "sim",
     timeline_path: str | None = None,
+    output: SessionOutput | None = None,
 ) -> SimulationResult:
-    """Run one session over ``user_audio`` (24 kHz mono); the stepper runs in this task (manual mode)."""
+    """Run one session over ``user_audio`` (24 kHz mono), or over a list of user turns (each spoken once
+    the reply to the one before has ended); the stepper runs in this task (manual mode)."""
     config = config or SimulationConfig()
+    turns = [user_audio] if isinstance(user_audio, np.ndarray) else list(user_audio)
+    if not turns:
+        raise ValueError("a simulation needs at least one turn of user audio")
     stepper = FrameStepper(engine)
     clock = time.perf_counter if config.realtime else SimulationClock()
-    session = Session(session_id, stepper, backend, clock=clock, timeline_path=timeline_path)
+    session = Session(session_id, stepper, backend, output=output, clock=clock, timeline_path=timeline_path)
     session.keep_audio = True
     await session.start()
-    user_frames = frames_for(len(user_audio))
-    padded = np.zeros(user_frames * FRAME_SIZE, dtype=np.float32)
-    padded[: len(user_audio)] = user_audio
-    max_frames = user_frames + int(np.ceil(config.max_reply_s / FRAME_S))
-    min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
+    reply_frames = int(np.ceil(config.max_reply_s / FRAME_S))
+    min_reply_frames = int(np.ceil(config.min_reply_s / FRAME_S))
     silence = np.zeros(FRAME_SIZE, dtype=np.float32)
     start = time.perf_counter()
     frame = 0
+    turn, turn_start = 0, 0
+    padded = _padded(turns[0])
+    user_frames = len(padded) // FRAME_SIZE  # the frame where the current turn's audio ends
+    starts, heard = [0], [padded]
     last_word_count, last_word_frame = 0, 0
     try:
-        while frame < max_frames:
+        while True:
             target = frame * FRAME_S
             if config.realtime:
                 delay = start + target - time.perf_counter()
@@ -109,7 +119,8 @@ async def simulate(
                     await asyncio.sleep(delay)
             else:
                 await _advance_virtual(session, clock, target, config)  # type: ignore[arg-type]
-            chunk = padded[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE] if frame < user_frames else silence
+            at = (frame - turn_start) * FRAME_SIZE
+            chunk = padded[at : at + FRAME_SIZE] if frame < user_frames else silence
             session.push_audio(chunk, SAMPLE_RATE)  # the silence after the question too: the VAD ends it
             began = time.perf_counter()
             stepper.step_once()
@@ -121,15 +132,33 @@ async def simulate(
             if words != last_word_count:
                 last_word_count, last_word_frame = words, frame
             reply_quiet = (frame - max(last_word_frame, user_frames)) * FRAME_S >= config.reply_silence_s
-            if frame >= min_frames and reply_quiet:
-                break
+            reply_over = frame >= user_frames + reply_frames
+            if reply_over or (frame >= user_frames + min_reply_frames and reply_quiet):
+                turn += 1
+                if turn == len(turns):
+                    break
+                turn_start, padded = frame, _padded(turns[turn])
+                user_frames = turn_start + len(padded) // FRAME_SIZE
+                starts.append(turn_start)
+                heard.append(padded)
     finally:
         await session.close("simulation ended")
     audio = place_reply(session.audio_out, frame * FRAME_SIZE)  # one frame past the last input frame
     user = np.zeros(len(audio), dtype=np.float32)
-    heard = min(len(padded), frame * FRAME_SIZE)
-    user[:heard] = padded[:heard]
-    return SimulationResult(audio, user, session.timeline.events, frame, session.metrics.snapshot())
+    for first, clip in zip(starts, heard, strict=True):
+        at = first * FRAME_SIZE
+        n = max(0, min(len(clip), frame * FRAME_SIZE - at))
+        user[at : at + n] = clip[:n]
+    return SimulationResult(
+        audio, user, session.timeline.events, frame, session.metrics.snapshot(), [s * FRAME_S for s in starts]
+    )
+
+
+def _padded(audio: np.ndarray) -> np.ndarray:
+    """The audio followed by silence up to a whole number of frames."""
+    padded = np.zeros(frames_for(len(audio)) * FRAME_SIZE, dtype=np.float32)
+    padded[: len(audio)] = audio
+    return padded
 
 
 async def _advance_virtual(
