@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from kame.frontend.checkpoint import DEFAULT_FRONTEND
@@ -87,7 +86,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     _model_arguments(mt)
     mt.set_defaults(func=_run_mtbench)
 
-    # DUPLEX
+    duplex = commands.add_parser(
+        "duplex",
+        help="answer Full-Duplex-Bench sample folders and score their timing",
+        description="Answer every sample folder's input.wav (output.wav and output.json beside it) and "
+        "score take-over rate and latency by Full-Duplex-Bench's definitions; results to "
+        "DIR/results_<system>.json.",
+    )
+    duplex.add_argument("root", help="a Full-Duplex-Bench task folder (v1 or v1.5) of sample folders")
+    duplex.add_argument("--system", default="kame", help="kame or moshi")
+    duplex.add_argument(
+        "--transcript", choices=["audio", "text"], default="audio",
+        help="audio: Whisper on output.wav (default); text: the system's own text stream",
+    )  # fmt: skip
+    duplex.add_argument("--whisper", default="embedded", help="Whisper model for --transcript audio")
+    duplex.add_argument("--no-progress", action="store_true")
+    _model_arguments(duplex)
+    duplex.set_defaults(func=_run_duplex)
 
 
 def system_settings(args: argparse.Namespace):
@@ -152,6 +167,24 @@ def _run_mtbench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_duplex(args: argparse.Namespace) -> int:
+    from kame.eval.duplex import DuplexConfig, run_duplex
+
+    config = DuplexConfig(
+        root=Path(args.root), system=args.system, transcript=args.transcript, whisper=args.whisper,
+        progress=not args.no_progress, models=system_settings(args),
+    )  # fmt: skip
+    results, path = run_duplex(config)
+    for task, summary in results["tasks"].items():
+        latency = summary.get("latency")
+        extra = "" if latency is None else f", latency {latency:.3f} s over {summary['latency_n']} take-overs"
+        print(f"{task}: {summary['samples']} samples, take-over rate {summary['take_over_rate']:.3f}{extra}")
+    if results["unscored"]:
+        print(f"answered but not timed here (no task file): {len(results['unscored'])}")
+    print(f"results: {path}")
+    return 0
+
+
 def print_table(results: dict) -> None:
     """The paper's layout, in plain text."""
     categories = results["categories"]
@@ -178,7 +211,3 @@ def print_table(results: dict) -> None:
                 ]
             )
         )
-
-
-def dump(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
