@@ -133,7 +133,10 @@ def run_mtbench(config: MTBenchConfig) -> MTBenchOutcome:
     if categories is None and config.questions == "mtbench":
         categories = list(PAPER_CATEGORIES)
     questions = load_questions(config.questions, categories, config.limit)
-    categories = categories or sorted({q.category for q in questions})
+    categories = categories or sorted(
+        {q.category for q in questions},
+        key=lambda c: (PAPER_CATEGORIES.index(c) if c in PAPER_CATEGORIES else len(PAPER_CATEGORIES), c),
+    )  # the paper's columns first, in its order
     prompts = load_prompts(config.judge_prompts)
     settings = _settings(config)
     check_settings(out / "settings.json", settings, BINDING)

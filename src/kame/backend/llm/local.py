@@ -208,7 +208,6 @@ class LocalLLM(LLMProvider):
             emit(_END)
 
 
-
 def _grammar_for(llama: Any, text: str) -> Any:
     """A llama.cpp grammar from GBNF text; a grammar that does not parse is an LLMError, not a crash."""
     import llama_cpp

@@ -1,0 +1,152 @@
+"""``kame eval mtbench`` end to end, offline: embedded STT, LLM and judge, the tiny front-end, text
+transcripts; every output file, and a run killed midway that resumes without redoing finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
+
+
+def command(out: Path, questions: Path, prompts: Path, checkpoint: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "kame",
+        "eval",
+        "mtbench",
+        "--out",
+        str(out),
+        "--questions",
+        str(questions),
+        "--judge-prompts",
+        str(prompts),
+        "--frontend",
+        checkpoint,
+        "--moshi-frontend",
+        checkpoint,
+        "--transcript",
+        "text",
+        "--max-reply",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_questions_offline_produce_every_file(
+    tmp_path, questions_file, judge_prompts_file, tiny_checkpoint
+):
+    out = tmp_path / "eval"
+    started = time.time()
+    proc = subprocess.run(
+        command(
+            out,
+            questions_file,
+            judge_prompts_file,
+            tiny_checkpoint,
+            "--systems",
+            "kame,moshi,oracle-text",
+            "--categories",
+            "stem,reasoning",
+        ),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wall = time.time() - started
+    answers = lines(out / "answers.jsonl")
+    assert {(a["system"], a["question_id"], a["turn"]) for a in answers} == {
+        (s, q, t) for s in ("kame", "moshi", "oracle-text") for q in (1, 2) for t in (1, 2)
+    }
+    for a in answers:
+        if a["system"] == "oracle-text":
+            assert a["latency"] is None and a["transcript_source"] in ("oracle_end", "adopted stream", "none")
+            continue
+        assert (out / a["audio"]).is_file() and (out / a["timeline"]).is_file()
+        assert a["transcript_source"] == "text" and a["user_words"] and a["user_end"] > a["turn_start"]
+        first_word = min((w[1] for w in a["words"]), default=None)
+        assert a["latency"] == (None if first_word is None else round(first_word - a["user_end"], 3))
+        assert a["transcript"] == " ".join(w[0] for w in a["words"])
+    turn2 = {a["system"]: a for a in answers if a["question_id"] == 1 and a["turn"] == 2}
+    turn1 = {a["system"]: a for a in answers if a["question_id"] == 1 and a["turn"] == 1}
+    assert turn2["kame"]["turn_start"] > turn1["kame"]["user_end"]  # turn 2 is spoken after the reply
+    # the back-end heard both turns: the oracle of turn 2 answers the second question
+    assert any(a["transcript"] for a in answers if a["system"] == "oracle-text")
+    judgments = lines(out / "judgments.jsonl")
+    assert len(judgments) == 12
+    by_key = {(j["system"], j["question_id"], j["turn"]): j for j in judgments}
+    assert by_key[("kame", 2, 1)]["prompt"] == "single-math-v1"  # reasoning: judged with the reference
+    assert by_key[("kame", 1, 2)]["prompt"] == "single-v1-multi-turn"
+    assert all(1 <= j["score"] <= 10 and j["judge_output"].startswith("Rating: [[") for j in judgments)
+    results = json.loads((out / "results.json").read_text())
+    for name in ("kame", "moshi", "oracle-text"):
+        summary = results["systems"][name]
+        assert set(summary["score"]) == {"stem", "reasoning", "average"}
+        assert {"median", "p90", "n"} <= set(summary["latency"]) and summary["judge_failures"] == 0
+        mine = [j["score"] for j in judgments if j["system"] == name]
+        stem = [j["score"] for j in judgments if j["system"] == name and j["category"] == "stem"]
+        assert summary["score"]["stem"] == pytest.approx(sum(stem) / len(stem), abs=1e-3)
+        assert len(mine) == 4
+    assert results["systems"]["oracle-text"]["latency"]["n"] == 0
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and "135M" in report and "text stream" in report
+    assert "http" not in report.replace("http-equiv", "")  # self-contained
+    print(f"wall time: {wall:.1f} s")
+
+
+def test_a_killed_run_resumes_without_redoing_finished_work(
+    tmp_path, questions_file, judge_prompts_file, tiny_checkpoint
+):
+    out = tmp_path / "eval"
+    args = command(
+        out,
+        questions_file,
+        judge_prompts_file,
+        tiny_checkpoint,
+        "--systems",
+        "moshi",
+        "--categories",
+        "stem,humanities",
+    )
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    answers = out / "answers.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if answers.is_file() and len(answers.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with answers.open("a") as file:  # as if the kill had cut a line short
+        file.write('{"system": "moshi", "question_id": 3, "cat')
+    before = [line for line in answers.read_text().splitlines() if line.endswith("}")]
+    done = {(json.loads(x)["question_id"], json.loads(x)["turn"]) for x in before}
+    assert done and len(done) < 4
+    first_audio = {p: p.stat().st_mtime_ns for p in (out / "audio").rglob("*.wav")}
+
+    again = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = lines(answers)
+    assert sorted((a["question_id"], a["turn"]) for a in final) == [(q, t) for q in (1, 3) for t in (1, 2)]
+    assert [json.dumps(a) for a in final[: len(before)]] == [json.dumps(json.loads(x)) for x in before]
+    for path, stamp in first_audio.items():  # the finished conversations were not asked again
+        qid = int(path.name.split("-")[0])
+        if (qid, 2) in done:
+            assert path.stat().st_mtime_ns == stamp
+    assert len(lines(out / "judgments.jsonl")) == 4
