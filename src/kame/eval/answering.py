@@ -101,6 +101,13 @@ def turn_rows(
                 "user_words": [w.to_json() for w in user_words],
                 "user_end": round(user_end, 3),
                 "latency": response_latency(user_end, [w.start for w in words]),
+                "routes": [
+                    e.get("text")
+                    for e in conversation.events
+                    if e["type"] == "llm_route"
+                    and start <= e.get("audio_t", 0.0)
+                    and (end is None or e.get("audio_t", 0.0) < end)
+                ],
                 **files,
                 "wall_s": round(wall_s, 2),
             }

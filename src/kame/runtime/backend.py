@@ -83,7 +83,8 @@ class Backend:
 
     def open_session(self, session: str, timeline: Timeline, sink: OracleSink | None) -> SessionBackend:
         stream = self.stt.open_stream(session)
-        engine = OracleEngine(self.llm, sink, config=self.oracle, timeline=timeline, session=session)
+        llm = self.llm.bind(lambda text, **fields: timeline.record("llm_route", text, **fields))
+        engine = OracleEngine(llm, sink, config=self.oracle, timeline=timeline, session=session)
         return SessionBackend(stream, engine)
 
     async def aclose(self) -> None:

@@ -51,3 +51,8 @@ class LLMProvider(Engine, ABC):
     async def complete(self, messages: list[ChatMessage], **kwargs) -> str:
         """The whole answer (for offline uses such as data generation)."""
         return "".join([chunk async for chunk in self.stream_chat(messages, **kwargs)])
+
+    def bind(self, record) -> LLMProvider:
+        """This provider as one session uses it; ``record(text, **fields)`` reports decisions it makes for
+        that session (the router's choice of back-end). Most providers have none: themselves."""
+        return self

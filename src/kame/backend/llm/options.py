@@ -12,7 +12,7 @@ from typing import Any
 
 from kame.errors import UserError
 
-PROVIDERS = ("local", "openai", "anthropic", "gemini")
+PROVIDERS = ("local", "openai", "anthropic", "gemini", "route")
 
 
 class LLMSpecError(UserError, ValueError):
@@ -80,13 +80,18 @@ def parse_spec(spec: str) -> LLMSpec:
     if provider not in PROVIDERS:
         raise LLMSpecError(
             f"unknown LLM provider {provider!r} in {spec!r}; use local, local:PATH.gguf, openai:MODEL[@URL], "
-            "anthropic:MODEL or gemini:MODEL (e.g. openai:gpt-4.1-mini, gemini:gemini-2.5-flash)"
+            "anthropic:MODEL, gemini:MODEL or route:FILE.yaml (e.g. openai:gpt-4.1-mini)"
         )
     base_url = None
     at = max(rest.rfind("@http://"), rest.rfind("@https://"))
-    if at >= 0 and provider != "local":
+    if at >= 0 and provider not in ("local", "route"):
         rest, base_url = rest[:at], rest[at + 1 :]
     model = rest or None
     if provider != "local" and model is None:
-        raise LLMSpecError(f"{spec!r}: name the model, e.g. {provider}:MODEL")
+        what = (
+            "the routing file, e.g. route:routes.yaml"
+            if provider == "route"
+            else f"the model, e.g. {provider}:MODEL"
+        )
+        raise LLMSpecError(f"{spec!r}: name {what}")
     return LLMSpec(provider=provider, model=model, base_url=base_url)

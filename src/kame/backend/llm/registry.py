@@ -36,6 +36,10 @@ def create_llm(spec: str = DEFAULT_LLM, **options: Any) -> LLMProvider:
         from kame.backend.llm.openai_api import OpenAIChat
 
         return OpenAIChat(parsed.model or "", opts)
+    if parsed.provider == "route":
+        from kame.backend.llm.route import RoutingLLM
+
+        return RoutingLLM(parsed.model or "", opts)
     if parsed.provider == "anthropic":
         from kame.backend.llm.anthropic_api import AnthropicChat
 
