@@ -66,3 +66,12 @@ def test_text_stream_words_are_timed_by_the_timing_convention():
     # step s is heard from 80 (s + 1) ms; a word ends one frame after its last piece's step
     assert [(round(w.start, 2), round(w.end, 2)) for w in words] == [(0.16, 0.24), (0.32, 0.48), (0.64, 0.72)]
     assert [w.text for w in words_in(words, 0.3, 0.6)] == ["capital"]
+
+
+def test_whole_word_pieces_each_make_a_word():
+    recorder = TextStreamRecorder(whole_words=True)
+    for piece in (None, "Paris", " is", None, None, "Yes"):  # a reply's first word has no leading space
+        recorder.on_audio(np.zeros(1920, np.float32))
+        if piece:
+            recorder.on_text(piece)
+    assert [w.text for w in recorder.words()] == ["Paris", "is", "Yes"]

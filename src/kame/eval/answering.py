@@ -85,6 +85,7 @@ def turn_rows(
         end = starts[k + 1] if k + 1 < len(starts) else None
         user_words = [TimedWord(w.text, start + w.start, start + w.end) for w in spoken.words[k]]
         user_end = user_words[-1].end if user_words else start + len(spoken.audio[k]) / MODEL_SAMPLE_RATE
+        user_first = user_words[0].start if user_words else start  # the reply: the first word after this
         if transcriber is not None:  # --transcript audio
             lo = int(start * MODEL_SAMPLE_RATE)
             hi = None if end is None else int(end * MODEL_SAMPLE_RATE)
@@ -100,7 +101,7 @@ def turn_rows(
                 "turn_start": round(start, 3),
                 "user_words": [w.to_json() for w in user_words],
                 "user_end": round(user_end, 3),
-                "latency": response_latency(user_end, [w.start for w in words]),
+                "latency": response_latency(user_end, [w.start for w in words if w.start >= user_first]),
                 "routes": [
                     e.get("text")
                     for e in conversation.events

@@ -62,9 +62,9 @@ def summarize_timeline(events: list[Event]) -> dict[str, Any]:
 
 
 def response_latency(user_end: float, reply_starts: list[float]) -> float | None:
-    """The project's response latency: the reply's first word minus the end of the user's last word.
-
-    Negative when the system started before the user finished; None when it never spoke.
+    """The project's response latency: the time of the assistant's first word after the user's turn
+    began (``reply_starts``: the starts of the words said from then on), minus the end of the user's last
+    word. Negative when the system started before the user finished; None when it never spoke.
     """
     return round(min(reply_starts) - user_end, 3) if reply_starts else None
 

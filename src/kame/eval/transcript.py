@@ -35,9 +35,11 @@ class TextStreamRecorder:
     """A session output that keeps the text pieces with the frame that produced them.
 
     ``on_audio`` arrives once per step before that step's text, so the step count dates each piece.
+    ``whole_words``: each piece is a whole word (the cascade sends one per played word).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole_words: bool = False) -> None:
+        self.whole_words = whole_words
         self.steps = 0
         self.pieces: list[tuple[int, str]] = []  # (step count after the piece's step, piece)
 
@@ -56,7 +58,7 @@ class TextStreamRecorder:
         text, start, last = "", 0.0, 0.0
         for steps, piece in self.pieces:
             at = steps * FRAME_S  # the step's audio is heard from here (kame.frames.place_reply)
-            if piece.startswith(" ") and text.strip():
+            if (piece.startswith(" ") or self.whole_words) and text.strip():
                 words.append(TimedWord(text.strip(), start, last + FRAME_S))
                 text = ""
             if not text.strip():
