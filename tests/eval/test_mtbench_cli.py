@@ -159,3 +159,20 @@ def test_a_killed_run_resumes_without_redoing_finished_work(
         if (qid, 2) in done:
             assert path.stat().st_mtime_ns == stamp
     assert len(lines(out / "judgments.jsonl")) == 4
+
+
+def test_models_that_cannot_load_stop_the_run_with_a_clear_error(
+    tmp_path, questions_file, judge_prompts_file, tiny_checkpoint
+):
+    env = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
+    base = command(tmp_path / "a", questions_file, judge_prompts_file, tiny_checkpoint, "--systems", "kame")
+    proc = subprocess.run([*base, "--judge", "openai:gpt-4.1"], capture_output=True, text=True, env=env)
+    assert (
+        proc.returncode == 2 and "--judge openai:gpt-4.1" in proc.stderr and "OPENAI_API_KEY" in proc.stderr
+    )
+    assert not (tmp_path / "a" / "answers.jsonl").exists()  # it failed before asking anything
+    proc = subprocess.run(
+        [*base, "--llm", f"local:{tmp_path / 'none.gguf'}"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2 and "cannot run kame" in proc.stderr and "none.gguf" in proc.stderr
+    assert proc.stderr.count("Traceback") == 0

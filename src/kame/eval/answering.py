@@ -30,6 +30,10 @@ from kame.eval.transcript import ReplyTranscriber, TimedWord, join_words, words_
 logger = logging.getLogger(__name__)
 
 
+class SystemLoadError(RuntimeError):
+    """A system's models could not be loaded (a bad spec, a missing file, a key); nothing can run."""
+
+
 @dataclass(frozen=True)
 class Job:
     system: str  # a name in SYSTEMS
@@ -172,6 +176,7 @@ class Answerer:
         self.workers = max(1, workers)
         self.transcriber = ReplyTranscriber(whisper, settings.device) if transcript == "audio" else None
         self.failures: list[tuple[Job, str]] = []
+        self.fatal: SystemLoadError | None = None  # a system could not load: every worker stops
         self._lock = threading.Lock()
 
     def run(self, jobs: list[Job], on_rows: Callable[[Job, list[dict[str, Any]], list[dict]], None]) -> None:
@@ -187,6 +192,8 @@ class Answerer:
             thread.start()
         for thread in threads:
             thread.join()
+        if self.fatal is not None:
+            raise self.fatal
 
     def _worker(self, todo: queue.Queue[Job], on_rows: Callable) -> None:
         asyncio.run(self._serve(todo, on_rows))
@@ -202,9 +209,17 @@ class Answerer:
                     job = todo.get_nowait()
                 except queue.Empty:
                     return
-                try:
-                    if job.system not in systems:
+                if self.fatal is not None:
+                    return
+                if job.system not in systems:
+                    try:
                         systems[job.system] = SYSTEMS[job.system](self.settings)
+                        await systems[job.system].load()
+                    except Exception as exc:  # noqa: BLE001 - a system that cannot load ends the run
+                        with self._lock:
+                            self.fatal = self.fatal or SystemLoadError(f"{job.system}: {exc}")
+                        return
+                try:
                     rows, events = await self._answer(job, systems[job.system], tts)
                 except Exception as exc:  # noqa: BLE001 - one failed conversation must not stop the others
                     logger.exception("%s %s failed", job.system, job.stem)

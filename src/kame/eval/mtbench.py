@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kame.eval.answering import Answerer, Job, derived_rows
+from kame.backend.llm import LLMError
+from kame.eval.answering import Answerer, Job, SystemLoadError, derived_rows
 from kame.eval.judge import Judge, load_prompts
 from kame.eval.judging import answers_by_conversation, judge_all, judgment_key
 from kame.eval.questions import PAPER_CATEGORIES, Question, load_questions
@@ -138,6 +139,10 @@ def run_mtbench(config: MTBenchConfig) -> MTBenchOutcome:
         key=lambda c: (PAPER_CATEGORIES.index(c) if c in PAPER_CATEGORIES else len(PAPER_CATEGORIES), c),
     )  # the paper's columns first, in its order
     prompts = load_prompts(config.judge_prompts)
+    try:  # a bad --judge fails now, not after the answers
+        asyncio.run(Judge(config.judge, prompts).aclose())
+    except LLMError as exc:
+        raise EvalError(f"--judge {config.judge}: {exc}") from exc
     settings = _settings(config)
     check_settings(out / "settings.json", settings, BINDING)
     by_id = {str(q.question_id): q for q in questions}
@@ -188,6 +193,8 @@ def run_mtbench(config: MTBenchConfig) -> MTBenchOutcome:
         )
         try:
             answerer.run(jobs, on_rows)
+        except SystemLoadError as exc:
+            raise EvalError(f"cannot run {exc}") from exc
         finally:
             bar.close()
         failures = [

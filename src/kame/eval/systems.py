@@ -59,6 +59,9 @@ class Conversation:
 class SpokenSystem(Protocol):
     name: str
 
+    async def load(self) -> None:
+        """Load the models (an error here is the run's, not one conversation's)."""
+
     async def converse(self, turns: list[np.ndarray], timeline_path: str | None = None) -> Conversation: ...
 
     async def aclose(self) -> None: ...
@@ -75,34 +78,34 @@ class FrontendSystem:
         self._frontend: Any = None
         self._backend: Any = None
 
-    async def _load(self) -> None:
+    async def load(self) -> None:
+        s = self.settings
+        if self.with_backend and self._backend is None:  # first: a bad LLM or STT spec fails at once
+            from kame.backend.oracle_engine import OracleConfig, OraclePolicy
+            from kame.runtime.backend import Backend, BackendSpec
+
+            oracle = OracleConfig(
+                policy=OraclePolicy(mode=s.oracle_policy), system_prompt_file=s.system_prompt
+            )
+            self._backend = Backend.from_spec(BackendSpec(stt=s.stt, llm=s.llm, oracle=oracle))
         if self._frontend is None:
             import torch
 
             from kame.frontend.checkpoint import load_frontend
 
             torch.set_grad_enabled(False)
-            s = self.settings
             self._frontend = await asyncio.to_thread(
                 load_frontend, self.frontend_spec, s.device, lora_weights=s.lora
             )
-        if self.with_backend and self._backend is None:
-            from kame.backend.oracle_engine import OracleConfig, OraclePolicy
-            from kame.runtime.backend import Backend, BackendSpec
-
-            s = self.settings
-            oracle = OracleConfig(
-                policy=OraclePolicy(mode=s.oracle_policy), system_prompt_file=s.system_prompt
-            )
-            self._backend = Backend.from_spec(BackendSpec(stt=s.stt, llm=s.llm, oracle=oracle))
-            await self._backend.load()
+            if self._backend is not None:
+                await self._backend.load()
 
     async def converse(self, turns: list[np.ndarray], timeline_path: str | None = None) -> Conversation:
         from kame.frontend.engine import FrontendEngine
         from kame.frontend.generator import SamplingConfig
         from kame.runtime.simulate import SimulationConfig, simulate
 
-        await self._load()
+        await self.load()
         s = self.settings
         sampling = SamplingConfig.merged(self._frontend.lm_gen_config, **s.sampling)
         config = SimulationConfig(
