@@ -127,10 +127,14 @@ def render_report(
         lat = s["latency"]
         share = "-" if lat["before_user_end"] is None else f"{100 * lat['before_user_end']:.0f} %"
         turns = ", ".join(f"turn {t}: {_fmt(v)}" for t, v in s["turn_score"].items())
+        turn_latency = ", ".join(
+            f"turn {t}: {_fmt(v['median'], 2, ' s')}" for t, v in (s.get("turn_latency") or {}).items()
+        )
         cells = [
             _fmt(lat["median"], 2, " s"),
             _fmt(lat["p90"], 2, " s"),
             share,
+            esc(turn_latency),
             str(lat["n"]),
             str(lat.get("silent", 0)),
             esc(turns),
@@ -168,8 +172,8 @@ as "0.0 s".</p>
 score.</p>
 <h2>Details</h2>
 <table><thead><tr><th>system</th><th>median</th><th>p90</th><th>started before the user finished</th>
-<th>turns timed</th><th>silent turns</th><th>score per turn</th><th>judge failures</th>
-<th>wall time per question</th></tr></thead><tbody>{"".join(detail)}</tbody></table>
+<th>median per turn</th><th>turns timed</th><th>silent turns</th><th>score per turn</th>
+<th>judge failures</th><th>wall time per question</th></tr></thead><tbody>{"".join(detail)}</tbody></table>
 <h2>Settings</h2><table>{setting_rows}</table>
 </body></html>
 """
