@@ -109,3 +109,11 @@ def test_sessions_record_the_choice_on_their_timeline(tmp_path, run):
 
     spec, routes = run(scenario())
     assert len(routes) == 1 and routes[0]["text"] in ("geography", "cooking") and routes[0]["llm"] == spec
+
+
+def test_the_shipped_routing_file_reads():
+    from pathlib import Path
+
+    config = RouteConfig.read(Path(__file__).parents[2] / "configs" / "route" / "paper.yaml")
+    assert [c.name for c in config.categories] == ["reasoning", "stem", "humanities"]
+    assert {c.llm for c in config.categories} == {"anthropic:claude-opus-4-1", "openai:gpt-4.1"}
