@@ -28,7 +28,8 @@ from kame.runtime.timeline import read_jsonl
 
 logger = logging.getLogger(__name__)
 
-# Settings that decide what the answers and judgments are; a rerun must match them.
+# Settings that decide what the answers and judgments are; a rerun must match them. (Another --judge may
+# judge the same answers: each judgment names its judge, and the results count the current one's.)
 BINDING = (
     "frontend",
     "moshi_frontend",
@@ -37,7 +38,6 @@ BINDING = (
     "tts",
     "transcript",
     "whisper",
-    "judge",
     "judge_prompts",
     "sampling",
     "realtime",
