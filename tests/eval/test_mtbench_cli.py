@@ -116,6 +116,21 @@ def test_two_questions_offline_for_every_system(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_every_file(out, ("kame", "moshi", "oracle-text"), (1, 2), {"stem", "reasoning"})
+    # another judge judges the same answers; nothing is asked again
+    from kame.backend.llm.local import default_model_path
+
+    answers = (out / "answers.jsonl").read_text()
+    other_judge = ("--judge", f"local:{default_model_path()}")
+    again = subprocess.run(
+        command(out, questions_file, judge_prompts_file, tiny_checkpoint, *args, *other_judge),
+        capture_output=True, text=True, env=ENV, timeout=900,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "answers.jsonl").read_text() == answers
+    judges = [j["judge"] for j in lines(out / "judgments.jsonl")]
+    assert judges.count("local") == 12 and len(judges) == 24
+    results = json.loads((out / "results.json").read_text())
+    assert results["systems"]["kame"]["judgments"] == 4 and results["settings"]["judge"].startswith("local:")
 
 
 def test_a_killed_run_resumes_without_redoing_finished_work(
