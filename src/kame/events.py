@@ -130,6 +130,13 @@ class LLMTruncated(TimelineEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LLMRoute(TimelineEvent):
+    TYPE = "llm_route"  # ``text``: the category chosen (None: none fit); once per user turn
+    llm: str  # the spec of the back-end the turn's requests go to
+    user_words: int  # words of the partial transcript when it was classified
+
+
+@dataclass(frozen=True, kw_only=True)
 class _OracleSent(TimelineEvent):
     LIVE = True
     stream: int

@@ -96,7 +96,7 @@ def test_a_new_turn_is_classified_again_and_sessions_keep_their_own_turns(tmp_pa
 def test_sessions_record_the_choice_on_their_timeline(tmp_path, run):
     from kame.backend.stt import create_stt
     from kame.runtime.backend import Backend
-    from kame.runtime.timeline import Timeline
+    from kame.timeline import Timeline
 
     async def scenario():
         router = create_llm(f"route:{write_routes(tmp_path, 'local', 'local', min_words=2)}", threads=1)

@@ -109,7 +109,7 @@ def system_settings(args: argparse.Namespace):
     """The models the systems are made of, from the flags."""
     import torch
 
-    from kame.cli.infer import sampling_overrides
+    from kame.cli.flags import sampling_overrides
     from kame.eval.systems import SystemSettings
 
     torch.set_grad_enabled(False)

@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from kame.audio.io import MODEL_SAMPLE_RATE, resample, write_wav
+from kame.audio.io import resample, write_wav
 from kame.eval.latency import response_latency
 from kame.eval.questions import Question
 from kame.eval.systems import SYSTEMS, Conversation, SpokenSystem, SystemSettings, oracle_text
 from kame.eval.transcript import ReplyTranscriber, TimedWord, join_words, words_in
+from kame.events import LLMRoute, is_a
+from kame.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def speak(tts: Any, question: Question) -> SpokenQuestion:
     audio, words = [], []
     for text in question.turns:
         speech = tts.synthesize(text)
-        audio.append(resample(speech.audio, speech.sample_rate, MODEL_SAMPLE_RATE))
+        audio.append(resample(speech.audio, speech.sample_rate, SAMPLE_RATE))
         words.append([TimedWord(w.word, w.start, w.end) for w in speech.words])
     return SpokenQuestion(audio, words)
 
@@ -88,11 +90,11 @@ def turn_rows(
             raise RuntimeError(f"{job.system} {job.stem}: the conversation never reached turn {k + 1}")
         end = starts[k + 1] if k + 1 < len(starts) else None
         user_words = [TimedWord(w.text, start + w.start, start + w.end) for w in spoken.words[k]]
-        user_end = user_words[-1].end if user_words else start + len(spoken.audio[k]) / MODEL_SAMPLE_RATE
+        user_end = user_words[-1].end if user_words else start + len(spoken.audio[k]) / SAMPLE_RATE
         user_first = user_words[0].start if user_words else start  # the reply: the first word after this
         if transcriber is not None:  # --transcript audio
-            lo = int(start * MODEL_SAMPLE_RATE)
-            hi = None if end is None else int(end * MODEL_SAMPLE_RATE)
+            lo = int(start * SAMPLE_RATE)
+            hi = None if end is None else int(end * SAMPLE_RATE)
             words = transcriber.words(conversation.reply_audio[lo:hi], offset=start)
         else:
             words = words_in(conversation.text_words, start, end)
@@ -109,7 +111,7 @@ def turn_rows(
                 "routes": [
                     e.get("text")
                     for e in conversation.events
-                    if e["type"] == "llm_route"
+                    if is_a(e, LLMRoute)
                     and start <= e.get("audio_t", 0.0)
                     and (end is None or e.get("audio_t", 0.0) < end)
                 ],

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kame.audio.io import MODEL_SAMPLE_RATE, load_audio, write_wav
+from kame.audio.io import load_audio, write_wav
 from kame.eval.duplex_metrics import score_sample, summarize
 from kame.eval.systems import SYSTEMS, SystemSettings
 from kame.eval.transcript import ReplyTranscriber, TimedWord, words_in
+from kame.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ async def _answer_all(config: DuplexConfig, samples: list[Sample]) -> None:
                 cut = sample.cut_at if stem == "output" else None
                 if transcriber is not None:
                     offset = cut or 0.0
-                    at = int(offset * MODEL_SAMPLE_RATE)
+                    at = int(offset * SAMPLE_RATE)
                     words = await asyncio.to_thread(transcriber.words, conversation.reply_audio[at:], offset)
                 else:
                     words = words_in(conversation.text_words, cut or 0.0, None)

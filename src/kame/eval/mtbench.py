@@ -24,7 +24,7 @@ from kame.eval.results import build_results
 from kame.eval.store import RecordFile, check_settings, whole_groups
 from kame.eval.systems import DERIVED, SYSTEMS, SystemSettings, system_names
 from kame.eval.transcript import TRANSCRIPT_SOURCES
-from kame.runtime.timeline import read_jsonl
+from kame.timeline import read_jsonl
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kame.eval.transcript import TextStreamRecorder, TimedWord
+from kame.events import OracleAppend, OracleEnd, OracleReset, is_a
 
 DEFAULT_MOSHI = "hf://kyutai/moshiko-pytorch-bf16"
 
@@ -157,16 +158,16 @@ def oracle_text(events: list[dict[str, Any]], start: float, end: float | None) -
     window = [
         e for e in events if e.get("audio_t", 0.0) >= start and (end is None or e.get("audio_t", 0.0) < end)
     ]
-    ends = [e for e in window if e["type"] == "oracle_end" and e.get("text")]
+    ends = [e for e in window if is_a(e, OracleEnd) and e.get("text")]
     if ends:
         return ends[-1]["text"], "oracle_end"
-    last_reset = max((i for i, e in enumerate(window) if e["type"] == "oracle_reset"), default=None)
+    last_reset = max((i for i, e in enumerate(window) if is_a(e, OracleReset)), default=None)
     if last_reset is None:
         return "", "none"
     stream = window[last_reset].get("stream")
     sent = [
         e.get("text", "")
         for e in window[last_reset:]
-        if e["type"] in ("oracle_reset", "oracle_append") and e.get("stream") == stream
+        if is_a(e, OracleReset, OracleAppend) and e.get("stream") == stream
     ]
     return "".join(sent).strip(), "adopted stream"

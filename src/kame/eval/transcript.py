@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from kame.audio.io import MODEL_SAMPLE_RATE, resample
-from kame.frames import FRAME_S
+from kame.audio.io import resample
+from kame.frames import FRAME_S, SAMPLE_RATE
 
 TRANSCRIPT_SOURCES = ("audio", "text")
 
@@ -102,7 +102,7 @@ class ReplyTranscriber:
         """The words in ``audio`` (24 kHz), timed from ``offset`` seconds."""
         if not np.any(np.abs(audio) > 1e-4):
             return []
-        clip = resample(audio, MODEL_SAMPLE_RATE, 16000)
+        clip = resample(audio, SAMPLE_RATE, 16000)
         segments, _ = self._whisper().transcribe(
             clip, language="en", beam_size=1, word_timestamps=True, condition_on_previous_text=False,
             vad_filter=True, vad_parameters=VAD_PARAMETERS,

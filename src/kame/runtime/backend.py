@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kame.backend.llm import DEFAULT_LLM, ChatMessage, LLMError, LLMProvider, create_llm
 from kame.backend.oracle_engine import OracleConfig, OracleEngine
 from kame.backend.stt import DEFAULT_STT, STTEngine, STTStream, create_stt
+from kame.events import LLMRoute
 from kame.oracle import OracleSink
 from kame.timeline import Timeline
 
@@ -83,7 +84,7 @@ class Backend:
 
     def open_session(self, session: str, timeline: Timeline, sink: OracleSink | None) -> SessionBackend:
         stream = self.stt.open_stream(session)
-        llm = self.llm.bind(lambda text, **fields: timeline.record("llm_route", text, **fields))
+        llm = self.llm.bind(lambda text, **fields: timeline.emit(LLMRoute(text=text, **fields)))
         engine = OracleEngine(llm, sink, config=self.oracle, timeline=timeline, session=session)
         return SessionBackend(stream, engine)
 

@@ -25,7 +25,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 from kame.backend.llm.base import ChatMessage, LLMError, LLMProvider
 from kame.backend.llm.options import LLMOptions, LLMSpecError
@@ -183,8 +182,3 @@ class RoutingLLM(LLMProvider):
             return  # a session's view: the shared providers belong to the process-wide router
         for provider in (*self.providers.values(), self.classifier):
             await provider.aclose()
-
-
-def routing_choices(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ``llm_route`` events of a timeline (for reports)."""
-    return [e for e in events if e.get("type") == "llm_route"]
