@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kame.audio.io import load_audio, write_wav
+from kame.errors import UserError
 from kame.eval.duplex_metrics import score_sample, summarize
 from kame.eval.systems import SYSTEMS, SystemSettings
 from kame.eval.transcript import ReplyTranscriber, TimedWord, words_in
@@ -35,7 +36,7 @@ V15_FILE = "metadata.json"
 MARKER = "kame_eval.json"
 
 
-class DuplexError(ValueError):
+class DuplexError(UserError, ValueError):
     """A folder or sample that is not in Full-Duplex-Bench's layout; the message says what is wrong."""
 
 

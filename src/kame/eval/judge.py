@@ -22,6 +22,7 @@ from typing import Any
 
 from kame.backend.llm import ChatMessage, LLMError, LLMProvider, create_llm
 from kame.backend.llm.options import parse_spec
+from kame.errors import UserError
 from kame.eval.questions import Question
 from kame.jsonl import json_objects
 
@@ -34,7 +35,7 @@ NO_SCORE = -1.0
 REQUIRED_PROMPTS = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
 
 
-class JudgeError(ValueError):
+class JudgeError(UserError, ValueError):
     """Judge prompts or settings that cannot be used; the message says what to fix."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kame.backend.llm import LLMError
+from kame.errors import UserError
 from kame.eval.answering import Answerer, Job, SystemLoadError, derived_rows
 from kame.eval.judge import Judge, load_prompts
 from kame.eval.judging import answers_by_conversation, judge_all, judgment_key
@@ -49,7 +50,7 @@ BINDING = (
 )
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An evaluation that cannot run as asked; the message says what to change."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kame.errors import UserError
 from kame.jsonl import json_objects
 
 # The paper's subset: reasoning 101-110, STEM 141-150, humanities 151-160.
@@ -21,7 +22,7 @@ PAPER_CATEGORIES = ("reasoning", "stem", "humanities")
 REFERENCE_CATEGORIES = frozenset({"math", "reasoning", "coding", "arena-hard-200"})
 
 
-class QuestionError(ValueError):
+class QuestionError(UserError, ValueError):
     """A question file or entry that cannot be used; the message says where and what to fix."""
 
 

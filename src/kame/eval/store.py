@@ -15,10 +15,12 @@ from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Any
 
+from kame.errors import UserError
+
 Record = dict[str, Any]
 
 
-class EvalFolderError(ValueError):
+class EvalFolderError(UserError, ValueError):
     """The output folder holds another experiment; the message says which setting differs."""
 
 
