@@ -112,6 +112,13 @@ class LLMFirstToken(TimelineEvent):
     stream: int
     ttft: float  # seconds
     covered: float
+    reason: str | None = None  # the cascade's: turn_end (the oracle engine's requests leave it out)
+
+    def fields(self) -> dict[str, Any]:
+        fields = super().fields()
+        if fields["reason"] is None:
+            del fields["reason"]
+        return fields
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,6 +210,87 @@ class Error(TimelineEvent):
 ORACLE_TIMELINE_EVENTS: tuple[type[TimelineEvent], ...] = (OracleReset, OracleAppend, OracleEnd, OracleCancel)
 
 
+# -- the cascade's stages (Unmute's load test and Pipecat's observers name them so) ---------------------
+# A reply's life: TurnEnd, LLMRequest and LLMFirstToken (reason "turn_end"), TTSRequest, TTSFirstAudio,
+# ReplyStart (its first audio played), AssistantWord per word played, ReplyEnd; BargeIn cuts it short.
+
+CASCADE_REASON = "turn_end"  # the ``reason`` of the cascade's LLMRequest and LLMFirstToken
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnEnd(TimelineEvent):
+    TYPE = "turn_end"
+    LIVE = True
+    reason: str  # vad_silence (the VAD's silence) or pause_head (Kyutai STT's semantic end of turn)
+    silence_s: float | None  # the silence waited, where silence ends the turn
+    user_end: float  # session time the user stopped: the VAD's stop minus its confirmation silence
+    utterance: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTSRequest(TimelineEvent):
+    TYPE = "tts_request"  # ``text``: the speakable chunk sent to the voice
+    stream: int
+    chunk: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTSFirstAudio(TimelineEvent):
+    TYPE = "tts_first_audio"
+    LIVE = True
+    stream: int
+    ttfb: float  # seconds the voice took on the first chunk
+    duration: float  # seconds of audio it made
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplyStart(TimelineEvent):
+    """The reply's first audio played. ``latency``: that moment minus ``TurnEnd.user_end``; the stages
+    (``STAGES``, consecutive boundaries) add up to it."""
+
+    TYPE = "reply_start"
+    LIVE = True
+    STAGES: ClassVar[tuple[str, ...]] = (
+        "eou",
+        "llm_request",
+        "llm_ttft",
+        "first_chunk",
+        "tts_ttfb",
+        "playout",
+    )
+    stream: int
+    latency: float
+    eou: float  # the user stopped -> turn_end (turn-end silence + the final's decode)
+    llm_request: float  # turn_end -> llm_request
+    llm_ttft: float  # llm_request -> llm_first_token
+    first_chunk: float  # first token -> first speakable chunk
+    tts_ttfb: float  # tts_request -> tts_first_audio
+    playout: float  # tts_first_audio -> the tick that played it
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplyEnd(TimelineEvent):
+    TYPE = "reply_end"  # ``text``: what was played
+    LIVE = True
+    stream: int
+    reason: str  # done, barge_in, error or closed
+    words: int  # words played
+    played_s: float
+    dropped_s: float  # synthesised audio never played
+    started: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class BargeIn(TimelineEvent):
+    TYPE = "barge_in"  # ``text``: the transcript that interrupted
+    LIVE = True
+    stream: int  # the reply interrupted
+    playing: bool  # its audio had started
+    utterance: int
+    word_start: float | None
+    played_words: int
+
+
 def is_a(event: dict[str, Any], *classes: type[TimelineEvent]) -> bool:
     """Whether a recorded event (a timeline dict) is of one of ``classes``."""
     return event.get("type") in {cls.TYPE for cls in classes}
@@ -236,6 +324,8 @@ class SessionReady(WireEvent):
     session: str
     sample_rate: int
     frame_ms: int
+    pipeline: str = "kame"  # what this session talks to: kame or cascade
+    pipelines: list[str] = field(default_factory=lambda: ["kame"])  # what the server offers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +348,13 @@ class ShuttingDown(WireEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplyText(WireEvent):
+    TYPE = "reply_text"  # the cascade's LLM answer so far, as it streams
+    text: str
+    t: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsUpdate(WireEvent):
     TYPE = "metrics"
     values: dict[str, Any]  # the session's counters (``SessionMetrics.snapshot``)
@@ -267,7 +364,7 @@ class MetricsUpdate(WireEvent):
 
 
 # What a live timeline event carries on the wire, besides the current oracle text of oracle events.
-LIVE_FIELDS = ("type", "t", "text", "stream", "source")
+LIVE_FIELDS = ("type", "t", "text", "stream", "source", "reason", "latency")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Script:
     status: int = 500
     message: str = "scripted failure"
     fail_first: int = 0  # answer ``status`` to this many requests, then follow ``mode``
+    first_modes: list[str] = field(default_factory=list)  # modes of the first requests, then ``mode``
 
 
 @dataclass
@@ -144,9 +145,11 @@ def scripted_app(protocol: str, script: Script, record: Record) -> web.Applicati
             record.requests.append(await request.json())
         except (json.JSONDecodeError, UnicodeDecodeError):
             record.requests.append({})
-        if len(record.requests) <= script.fail_first or script.mode == "status":
+        number = len(record.requests)
+        mode = script.first_modes[number - 1] if number <= len(script.first_modes) else script.mode
+        if number <= script.fail_first or mode == "status":
             return web.json_response(proto.error(script.status, script.message), status=script.status)
-        if script.mode == "stall":
+        if mode == "stall":
             await asyncio.sleep(3600)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -157,7 +160,7 @@ def scripted_app(protocol: str, script: Script, record: Record) -> web.Applicati
                     await asyncio.sleep(script.chunk_delay)
                 await response.write(proto.chunk(text))
                 record.chunks_sent += 1
-                if script.mode == "drop":
+                if mode == "drop":
                     request.transport.close()  # type: ignore[union-attr]
                     return response
             await response.write(proto.end())

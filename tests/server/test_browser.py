@@ -61,13 +61,15 @@ def _health(url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
-    """``kame serve`` with the tiny checkpoint and the default embedded back-end (Whisper + SmolLM2)."""
+    """``kame serve`` with the tiny checkpoint and the default embedded back-end (Whisper + SmolLM2),
+    offering the cascade (the same Whisper and SmolLM2, Piper's voice) beside KAME, the default."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
     command = [
         sys.executable, "-m", "kame", "serve", "--frontend", tiny_checkpoint,
         "--max-sessions", "2", "--port", str(port), "--seed", "0", "--auth-token", TOKEN,
+        "--pipeline", "kame,cascade",
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -349,6 +351,58 @@ def test_conversation_in_the_browser(server, speech_wav, tmp_path):
         time.sleep(0.2)
     assert _health(server)["sessions"] == 0, "the session outlived the page's hang-up"
     print(f"browser conversation took {time.monotonic() - started:.1f} s; oracle: {oracle['text']!r}")
+
+
+def test_cascade_conversation_in_the_browser(server, speech_wav):
+    """The page offers both pipelines; on the cascade a question gets a spoken answer after the turn."""
+    wav, period = speech_wav
+    with chromium(fake_audio=wav) as driver:
+        open_page(driver, server)
+        options = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#pipeline option'), (o) => o.value)"
+        )
+        assert options == ["kame", "cascade"]
+        assert driver.find_element(By.ID, "pipeline-choice").is_displayed()
+        driver.execute_script(
+            "const s = document.getElementById('pipeline'); s.value = 'cascade';"
+            "s.dispatchEvent(new Event('change'));"
+        )
+        driver.find_element(By.ID, "connect").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "live", 30, "the session to go live")
+        assert snapshot(driver)["pipeline"] == "cascade"
+        assert "Cascade" in driver.find_element(By.ID, "pipeline-badge").text
+        assert driver.find_element(By.ID, "oracle-name").text == "Reply"
+
+        ActionChains(driver).key_down(Keys.SPACE).perform()
+        time.sleep(period + 0.3)
+        ActionChains(driver).key_up(Keys.SPACE).perform()
+
+        def answered() -> bool:
+            # The fake microphone loops, so the hold may catch the sentence split around its 1 s pause:
+            # two turns, the second barging in on the first reply. The last reply then runs to its end.
+            oracles = snapshot(driver)["oracles"]
+            return bool(oracles) and oracles[-1]["status"] == "complete"
+
+        wait_for(driver, answered, 40, "a cascade reply to be spoken to its end")
+        s = snapshot(driver)
+        text = " ".join(s["finals"]).lower()
+        assert any(word in text for word in CONTENT_WORDS), s["finals"]
+        assert s["events"].get("turn_end", 0) >= 1 and s["events"].get("reply_start", 0) >= 1
+        reply = s["oracles"][-1]
+        assert reply["text"].strip() and reply["status"] == "complete", reply
+        from kame.runtime.cascade.chunks import speakable
+
+        said = [t for t in speakable(reply["text"]).split() if any(ch.isalnum() for ch in t)]
+        assert s["words"] and s["words"][-len(said) :] == said  # all of it was said, word by word
+        stats = s["stats"]
+        assert stats["playedSamples"] > stats["sampleRate"] and stats["replyPeak"] > 0.01, stats
+        assert driver.find_element(By.ID, "oracle-text").text.strip() == reply["text"].strip()
+        driver.find_element(By.ID, "hangup").click()
+        wait_for(driver, lambda: snapshot(driver)["connection"] == "closed", 5, "the page to hang up")
+    deadline = time.monotonic() + 10
+    while _health(server)["cascade_sessions"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(server)["cascade_sessions"] == 0
 
 
 def test_full_server_is_explained(server, browser):

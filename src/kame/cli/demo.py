@@ -1,4 +1,4 @@
-"""``kame demo``: the whole tandem system, end to end, on a question spoken by the offline TTS.
+"""``kame demo``: the whole system (KAME or the cascade), end to end, on a question spoken by the offline TTS.
 
 It speaks a question (Piper by default), runs one simulated session (streaming STT, the LLM's oracles,
 the front-end speaking over them) and prints what happened when: the transcript as it grew, each
@@ -12,7 +12,12 @@ import argparse
 from pathlib import Path
 
 from kame.audio.tts import DEFAULT_TTS
-from kame.cli.flags import add_backend_arguments, add_frontend_arguments
+from kame.cli.flags import (
+    add_backend_arguments,
+    add_cascade_arguments,
+    add_frontend_arguments,
+    add_pipeline_argument,
+)
 
 DEFAULT_QUESTION = "Hi! Could you tell me what the capital of France is?"
 
@@ -24,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="kame-demo", help="folder for the WAV files and the timeline")
     parser.add_argument("--realtime", action="store_true", help="pace the session by the wall clock")
     parser.add_argument("--max-reply", type=float, default=10.0)
+    add_pipeline_argument(parser)
     add_frontend_arguments(parser)
     add_backend_arguments(parser)
+    add_cascade_arguments(parser)
     parser.set_defaults(func=_run)
 
 
@@ -43,16 +50,30 @@ def _run(args: argparse.Namespace) -> int:
     print(f"question ({speech.duration:.2f} s, {args.tts}): {args.question}")
     result = run_simulation(args, question, str(out / "timeline.jsonl"))
     write_outputs(result, str(out / "reply.wav"), str(out / "conversation.wav"))
-    _narrate(result.events)
+    speaker = "KAME" if args.pipeline == "kame" else "the cascade"
+    _narrate(result.events, speaker)
     print(
-        f"\nfiles: {out}/question.wav, reply.wav, conversation.wav (left: user, right: KAME), timeline.jsonl"
+        f"\nfiles: {out}/question.wav, reply.wav, conversation.wav (left: user, right: {speaker}), "
+        "timeline.jsonl"
     )
     return 0
 
 
-def _narrate(events: list[dict]) -> None:
+def _narrate(events: list[dict], speaker: str = "KAME") -> None:
     from kame.eval.latency import summarize_timeline
-    from kame.events import AssistantWord, Error, Final, LLMDone, LLMRequest, Partial, is_a
+    from kame.events import (
+        AssistantWord,
+        BargeIn,
+        Error,
+        Final,
+        LLMDone,
+        LLMRequest,
+        Partial,
+        ReplyEnd,
+        ReplyStart,
+        TurnEnd,
+        is_a,
+    )
 
     print("\nwhat happened (session time, s):")
     for event in events:
@@ -65,9 +86,18 @@ def _narrate(events: list[dict]) -> None:
             print(f"  {t:6.2f}  oracle        {event.get('text', '')}")
         elif is_a(event, Error):
             print(f"  {t:6.2f}  error         {event.get('text', '')}")
+        elif is_a(event, TurnEnd):
+            print(
+                f"  {t:6.2f}  turn end      ({event.get('reason')}, user stopped at {event.get('user_end')})"
+            )
+        elif is_a(event, ReplyStart):
+            print(f"  {t:6.2f}  reply starts  (latency {event.get('latency')} s)")
+        elif is_a(event, BargeIn, ReplyEnd):
+            print(f"  {t:6.2f}  {kind:13} {event.get('reason', '')} {event.get('text') or ''}")
     words = [e for e in events if is_a(e, AssistantWord)]
     if words:
-        print(f"  {words[0]['t']:6.2f}  KAME speaks   {' '.join(w.get('text', '') for w in words)[:300]}")
+        said = " ".join(w.get("text", "") for w in words)[:300]
+        print(f"  {words[0]['t']:6.2f}  {speaker} speaks: {said}")
     print("\nsummary:")
     for key, value in summarize_timeline(events).items():
         if key != "assistant_text":

@@ -125,3 +125,52 @@ def sampling_from_args(args: argparse.Namespace, frontend=None):
     return SamplingConfig.merged(
         frontend.lm_gen_config if frontend is not None else {}, **sampling_overrides(args)
     )
+
+
+PIPELINES = ("kame", "cascade")
+
+
+def add_cascade_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the cascade pipeline (``--llm``, ``--stt`` and their timeouts are shared with KAME's)."""
+    parser.add_argument(
+        "--reply-tts", default="piper", help="the cascade's voice: piper | piper:VOICE.onnx | espeak[:VOICE]"
+    )
+    parser.add_argument(
+        "--turn-silence", type=float, default=0.6,
+        help="seconds of silence (the STT's VAD) that end the user's turn in the cascade (default 0.6)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cascade-system-prompt", default=None, help="file with the cascade LLM's system prompt"
+    )
+
+
+def pipelines_from_arg(value: str) -> tuple[str, ...]:
+    """``kame``, ``cascade`` or ``kame,cascade`` (the first named is the default)."""
+    names = tuple(name.strip().lower() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in PIPELINES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--pipeline {value!r}: name kame, cascade or both (kame,cascade), each once"
+        )
+    return names
+
+
+def cascade_from_args(args: argparse.Namespace, backend=None):  # type: ignore[no-untyped-def]
+    """The cascade named by ``args``; it shares the KAME back-end's STT and LLM when there is one."""
+    from kame.audio.tts import create_tts
+    from kame.backend.llm import create_llm
+    from kame.backend.stt import create_stt
+    from kame.runtime.cascade.pipeline import Cascade, CascadeConfig
+
+    config = CascadeConfig(turn_silence_s=args.turn_silence, system_prompt_file=args.cascade_system_prompt)
+    stt = backend.stt if backend is not None else create_stt(args.stt)
+    llm = backend.llm if backend is not None else create_llm(args.llm)
+    return Cascade(stt, llm, create_tts(args.reply_tts), config)
+
+
+def add_pipeline_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pipeline`` of the commands that run one session (simulate, demo)."""
+    parser.add_argument(
+        "--pipeline", choices=PIPELINES, default="kame",
+        help="kame: the tandem front-end + back-end (default); cascade: STT -> LLM -> TTS (no front-end)",
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""``kame serve``: the voice server with the web client."""
+"""``kame serve``: the voice server with the web client, for KAME, the cascade, or both."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import logging
 from kame.cli.flags import (
     OracleStreamConflict,
     add_backend_arguments,
+    add_cascade_arguments,
     add_frontend_arguments,
     backend_from_args,
+    cascade_from_args,
     oracle_stream_from_args,
+    pipelines_from_arg,
     sampling_from_args,
     sampling_overrides,
 )
@@ -24,8 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8998)
+    add_cascade_arguments(parser)
     parser.add_argument(
-        "--max-sessions", type=int, default=2, help="front-end batch size (concurrent sessions)"
+        "--pipeline", type=pipelines_from_arg, default=("kame",),
+        help="what the server offers: kame | cascade | kame,cascade (the first is the default; a client "
+        "picks with /api/chat?pipeline=NAME)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-sessions", type=int, default=2, help="front-end batch size (concurrent KAME sessions)"
+    )
+    parser.add_argument(
+        "--max-cascade-sessions", type=int, default=4, help="concurrent cascade sessions (no front-end slot)"
     )
     parser.add_argument("--when-full", choices=["reject", "queue"], default="reject")
     parser.add_argument("--queue-size", type=int, default=8)
@@ -90,11 +102,16 @@ def _run(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout, timeline_dir=args.timeline_dir,
             max_per_client=args.max_per_client or None, handshake_timeout_s=args.handshake_timeout,
             drain_timeout_s=args.drain_timeout, max_failed_starts=args.max_failed_starts,
+            pipelines=args.pipeline, max_cascade_sessions=args.max_cascade_sessions,
         )  # fmt: skip
     except (AuthConfigError, TLSConfigError, ValueError) as exc:
         raise SystemExit(f"kame serve: {exc}") from exc
     torch.set_grad_enabled(False)
-    server = KameServer(make_stepper(args), backend_from_args(args), config, policy=policy)
+    kame = "kame" in args.pipeline
+    backend = backend_from_args(args) if kame else None
+    cascade = cascade_from_args(args, backend) if "cascade" in args.pipeline else None
+    stepper = make_stepper(args) if kame else None
+    server = KameServer(stepper, backend, config, policy=policy, cascade=cascade)
     scheme = "https" if context else "http"
 
     def ready(port: int) -> None:

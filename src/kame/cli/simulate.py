@@ -1,4 +1,4 @@
-"""``kame simulate``: one session over a recording, on a virtual (or real) clock, offline."""
+"""``kame simulate``: one session (KAME or the cascade) over a recording, on a virtual (or real) clock."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import asyncio
 
 from kame.cli.flags import (
     add_backend_arguments,
+    add_cascade_arguments,
     add_frontend_arguments,
+    add_pipeline_argument,
     backend_from_args,
+    cascade_from_args,
     oracle_stream_from_args,
     sampling_from_args,
 )
@@ -26,13 +29,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--stereo", default=None, help="also write user (left) + assistant (right) to this WAV"
     )
+    add_pipeline_argument(parser)
     add_frontend_arguments(parser)
     add_backend_arguments(parser)
+    add_cascade_arguments(parser)
     parser.set_defaults(func=_run)
 
 
+def run_cascade_simulation(args: argparse.Namespace, audio, timeline_path: str):
+    """Simulate one cascade session (STT, LLM and reply voice named by ``args``) over ``audio``."""
+    from kame.runtime.simulate import SimulationConfig, simulate_cascade
+
+    if args.no_backend:
+        raise SystemExit("kame simulate: the cascade is all back-end; drop --no-backend")
+    cascade = cascade_from_args(args)
+    config = SimulationConfig(realtime=args.realtime, max_reply_s=args.max_reply)
+
+    async def run():
+        try:
+            await cascade.load()
+            return await simulate_cascade(cascade, audio, config, timeline_path=timeline_path)
+        finally:
+            await cascade.aclose()
+
+    return asyncio.run(run())
+
+
 def run_simulation(args: argparse.Namespace, audio, timeline_path: str):
-    """Load the front-end and back-end named by ``args`` and simulate one session over ``audio``."""
+    """Load the pipeline named by ``args`` and simulate one session over ``audio``."""
+    if getattr(args, "pipeline", "kame") == "cascade":
+        return run_cascade_simulation(args, audio, timeline_path)
     import torch
 
     from kame.frontend.checkpoint import load_frontend

@@ -3,7 +3,9 @@
 Definitions follow the field: the user's speech ends at the last word of the final transcript; the
 assistant's reaction is its first word after that minus that time (negative: it started before the
 user finished, as KAME does); LLM time to first token per request; oracle lag from the back-end to the
-front-end's frame boundary.
+front-end's frame boundary. The cascade's response latency is its first reply audio played minus the
+user's speech end as the VAD heard it (its stop minus the confirmation silence, Pipecat's rule), with
+the stages in between (``kame.events.ReplyStart.STAGES``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from kame.events import (
     AssistantWord,
+    BargeIn,
     Error,
     Final,
     LLMDone,
@@ -20,6 +23,9 @@ from kame.events import (
     LLMRequest,
     OracleApplied,
     OracleReset,
+    ReplyEnd,
+    ReplyStart,
+    TurnEnd,
 )
 from kame.events import is_a as _is
 from kame.timeline import Event
@@ -30,9 +36,31 @@ def _median(values: list[float]) -> float | None:
 
 
 def user_speech_end(events: list[Event]) -> float | None:
-    """Session time when the user's last word ended (from the finals' word times), if known."""
+    """Session time when the user's last word ended, if known: the cascade's ``turn_end`` records it
+    (the VAD's stop minus its confirmation silence; Whisper stretches last words), else the finals'
+    word times."""
+    turn_ends = [float(e["user_end"]) for e in events if _is(e, TurnEnd)]
+    if turn_ends:
+        return max(turn_ends)
     ends = [w[2] for e in events if _is(e, Final) for w in e.get("words", []) if len(w) >= 3]
     return max(ends) if ends else None
+
+
+def cascade_latency(events: list[Event]) -> dict[str, Any]:
+    """The cascade's response latency per reply (``reply_start``) and the median of each stage."""
+    starts = [e for e in events if _is(e, ReplyStart)]
+    if not starts and not any(_is(e, TurnEnd) for e in events):
+        return {}
+    ends = [e for e in events if _is(e, ReplyEnd)]
+    return {
+        "turns": sum(1 for e in events if _is(e, TurnEnd)),
+        "replies_started": len(starts),
+        "response_latency_s": [round(float(e["latency"]), 3) for e in starts],
+        "response_latency_median_s": _median([float(e["latency"]) for e in starts]),
+        "stage_medians_s": {s: _median([float(e[s]) for e in starts if s in e]) for s in ReplyStart.STAGES},
+        "reply_ends": [e.get("reason") for e in ends],
+        "barge_ins": sum(1 for e in events if _is(e, BargeIn)),
+    }
 
 
 def summarize_timeline(events: list[Event]) -> dict[str, Any]:
@@ -58,6 +86,7 @@ def summarize_timeline(events: list[Event]) -> dict[str, Any]:
         ),
         "final_oracle": oracles[-1] if oracles else None,
         "errors": [e.get("text") or e.get("message") for e in events if _is(e, Error)],
+        **cascade_latency(events),
     }
 
 

@@ -1,4 +1,5 @@
-"""Offline simulation: the live session code over a recording, on a virtual or a real clock.
+"""Offline simulation: the live session code (KAME's, or the cascade's: ``simulate_cascade``) over a
+recording, on a virtual or a real clock.
 
 The user's audio is fed frame by frame, followed by silence until the assistant's reply ends (its text
 stream falls silent for ``reply_silence_s``) or ``max_reply_s`` passes. A conversation is several such
@@ -17,15 +18,16 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kame.events import AssistantWord, is_a
+from kame.events import AssistantWord, ReplyStart, is_a
 from kame.frames import FRAME_S, FRAME_SIZE, SAMPLE_RATE, frames_for, place_reply
 from kame.frontend.engine import FrontendEngine
 from kame.runtime.backend import Backend
+from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import FrameStepper
 from kame.runtime.session import Session, SessionOutput
 from kame.timeline import Event
@@ -178,4 +180,132 @@ async def _advance_virtual(
                 clock.skip(target - session.timeline.now())
                 if session.back is not None:
                     session.back.engine.wake()  # time-based rules (rate limits) may have changed
+                return
+
+
+@dataclass
+class Interruption:
+    """The user talks over the reply: ``audio`` (24 kHz) starts ``after_s`` after the first reply audio
+    (its ``reply_start``), the closed-loop way a barge-in can be simulated. Cascade sessions only."""
+
+    audio: np.ndarray
+    after_s: float = 1.0
+
+
+async def simulate_cascade(
+    cascade: Cascade,
+    user_audio: np.ndarray,
+    config: SimulationConfig | None = None,
+    *,
+    session_id: str = "sim",
+    timeline_path: str | None = None,
+    interruption: Interruption | None = None,
+) -> SimulationResult:
+    """Run one cascade session over ``user_audio`` (24 kHz mono): the same loop, ``tick`` as the step.
+
+    It ends once no reply is under way, nothing is pending, and no word was played for ``reply_silence_s``.
+    """
+    config = config or SimulationConfig()
+    clock = time.perf_counter if config.realtime else SimulationClock()
+    session = cascade.open_session(session_id, clock=clock, timeline_path=timeline_path)
+    session.keep_audio = True
+    await session.start()
+    try:
+        driven = await _drive(
+            session, session.tick, session.busy, lambda: None, clock, config, user_audio,
+            idle=lambda: session.reply is None and not session.busy(), interruption=interruption,
+        )  # fmt: skip
+    finally:
+        await session.close("simulation ended")
+    return _result(session, driven)
+
+
+@dataclass
+class _Driven:
+    frames: int
+    user: np.ndarray  # what the user said, on the session's clock (interruptions included)
+
+
+async def _drive(
+    session: CascadeSession,
+    step: Callable[[], object],
+    busy: Callable[[], bool],
+    wake: Callable[[], None],
+    clock: Callable[[], float],
+    config: SimulationConfig,
+    user_audio: np.ndarray,
+    *,
+    idle: Callable[[], bool] = lambda: True,
+    interruption: Interruption | None = None,
+) -> _Driven:
+    """Feed the user's audio frame by frame (then silence), step after each, until the reply is over."""
+    user_frames = frames_for(len(user_audio))
+    max_frames = user_frames + int(np.ceil(config.max_reply_s / FRAME_S))
+    min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
+    heard = np.zeros(max_frames * FRAME_SIZE, dtype=np.float32)
+    heard[: len(user_audio)] = user_audio
+    interrupt_at: int | None = None  # the frame the interruption starts at, once the reply started
+    start = time.perf_counter()
+    frame = 0
+    last_word_count, last_word_frame = 0, 0
+    while frame < max_frames:
+        target = frame * FRAME_S
+        if config.realtime:
+            delay = start + target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        else:
+            await _advance_cascade(session, clock, target, config, busy, wake)  # type: ignore[arg-type]
+        if interruption is not None and interrupt_at is None and session.timeline.of_type(ReplyStart.TYPE):
+            interrupt_at = frame + int(round(interruption.after_s / FRAME_S))
+            end = min(len(heard), interrupt_at * FRAME_SIZE + len(interruption.audio))
+            heard[interrupt_at * FRAME_SIZE : end] = interruption.audio[: end - interrupt_at * FRAME_SIZE]
+            user_frames = max(user_frames, frames_for(end))
+            min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
+        chunk = heard[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE]
+        session.push_audio(chunk, SAMPLE_RATE)  # the silence after the question too: the VAD ends it
+        began = time.perf_counter()
+        step()
+        if not config.realtime:
+            clock.exclude(time.perf_counter() - began)  # type: ignore[attr-defined]
+        await asyncio.sleep(0)  # deliver the frame's results on the loop
+        frame += 1
+        words = session.metrics.assistant_words
+        if words != last_word_count:
+            last_word_count, last_word_frame = words, frame
+        reply_quiet = (frame - max(last_word_frame, user_frames)) * FRAME_S >= config.reply_silence_s
+        if frame >= min_frames and reply_quiet and idle():
+            break
+    return _Driven(frame, heard[: frame * FRAME_SIZE])
+
+
+def _result(session: CascadeSession, driven: _Driven) -> SimulationResult:
+    frames = driven.frames
+    audio = place_reply(session.audio_out, frames * FRAME_SIZE)  # one frame past the last input frame
+    user = np.zeros(len(audio), dtype=np.float32)
+    user[: len(driven.user)] = driven.user
+    return SimulationResult(audio, user, session.timeline.events, frames, session.metrics.snapshot())
+
+
+async def _advance_cascade(
+    session: CascadeSession,
+    clock: SimulationClock,
+    target: float,
+    config: SimulationConfig,
+    busy: Callable[[], bool],
+    wake: Callable[[], None],
+) -> None:
+    """Let virtual time reach ``target``: wait while the back-end works, jump while it is idle."""
+    while True:
+        now = session.timeline.now()
+        if now >= target:
+            return
+        if busy():
+            await asyncio.sleep(min(config.backend_idle_wait_s, target - now))
+        else:
+            for _ in range(3):  # let pending callbacks (transcripts, decisions, tokens) run first
+                await asyncio.sleep(0)
+            if not busy():
+                clock.skip(target - session.timeline.now())
+                wake()
                 return

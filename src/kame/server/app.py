@@ -1,7 +1,9 @@
 """The aiohttp application: /api/chat (Moshi's protocol), /healthz, /metrics and the web client.
 
-Many sessions share one batched front-end stepped by one frame clock; each WebSocket gets its own
-back-end. When every slot is taken a new client is refused with HTTP 503 or, if configured, waits in a
+Many KAME sessions share one batched front-end stepped by one frame clock; each WebSocket gets its own
+back-end. Cascade sessions (``?pipeline=cascade``, when offered) take no front-end slot: each paces its
+reply audio by its own 80 ms clock, within ``max_cascade_sessions``, and outlives a front-end restart.
+When every slot is taken a new client is refused with HTTP 503 or, if configured, waits in a
 bounded queue (told its position). A client that breaks the protocol, sends oversized messages, goes
 silent or disconnects mid-frame ends its own session cleanly; nobody else notices.
 
@@ -37,6 +39,7 @@ from kame.events import (
 )
 from kame.frames import FRAME_S, SAMPLE_RATE
 from kame.runtime.backend import Backend
+from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
 from kame.server import protocol
@@ -44,6 +47,8 @@ from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 
 logger = logging.getLogger(__name__)
+
+PIPELINES = ("kame", "cascade")
 
 
 @dataclass
@@ -67,8 +72,15 @@ class ServerConfig:
     restart_backoff_max_s: float = 30.0
     max_failed_starts: int = 5  # failed starts in a row before the supervisor gives up
     supervise_interval_s: float = 0.2
+    pipelines: tuple[str, ...] = ("kame",)  # what /api/chat offers; the first is the default
+    max_cascade_sessions: int = 4  # cascade sessions take no front-end slot: their own limit
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.pipelines if name not in PIPELINES]
+        if not self.pipelines or unknown:
+            raise ValueError(f"pipelines must name kame and/or cascade, got {self.pipelines!r}")
+        if self.max_cascade_sessions < 0:
+            raise ValueError(f"max_cascade_sessions must be >= 0, got {self.max_cascade_sessions}")
         if self.when_full not in ("reject", "queue"):
             raise ValueError(f"when_full must be 'reject' or 'queue', got {self.when_full!r}")
         if self.queue_size < 0 or self.max_message_bytes < 64 or self.idle_timeout_s <= 0:
@@ -168,24 +180,38 @@ class KameServer:
 
     def __init__(
         self,
-        stepper: Stepper,
+        stepper: Stepper | None,
         backend: Backend | None,
         config: ServerConfig | None = None,
         static_dir: str | Path | None = None,
         policy: AccessPolicy | None = None,
+        *,
+        cascade: Cascade | None = None,
     ) -> None:
         self.config = config or ServerConfig()
+        if "kame" in self.config.pipelines and stepper is None:
+            raise ValueError("serving the kame pipeline needs the front-end's frame clock (a stepper)")
+        if "cascade" in self.config.pipelines and cascade is None:
+            raise ValueError("serving the cascade pipeline needs a Cascade (its STT, LLM and reply voice)")
         self.backend = backend
+        self.cascade = cascade
         self.stepper = stepper
         self.policy = policy or AccessPolicy()
         self.metrics = ServerMetrics()
-        self.metrics.capacity.set(stepper.capacity)
-        self.stepper.on_step = self.metrics.on_step
-        self.gate = CapacityGate(stepper.capacity, self.config.queue_size, self.config.when_full == "queue")
+        capacity = stepper.capacity if stepper is not None else 0
+        self.metrics.capacity.set(capacity)
+        if stepper is not None:
+            stepper.on_step = self.metrics.on_step
+        self.gate = CapacityGate(capacity, self.config.queue_size, self.config.when_full == "queue")
+        self.cascade_gate = CapacityGate(self.config.max_cascade_sessions, 0, False)
         self.limiter = ClientLimiter(self.config.max_per_client)
-        self.cpu = CpuMeter(lambda: self.stepper.stats.frames, lambda: self.stepper.pid)
-        self.sessions: dict[str, Session] = {}
+        self.cpu = CpuMeter(
+            lambda: self.stepper.stats.frames if self.stepper is not None else 0,
+            lambda: self.stepper.pid if self.stepper is not None else None,
+        )
+        self.sessions: dict[str, Session | CascadeSession] = {}
         self._sockets: dict[str, tuple[web.WebSocketResponse, WebSocketOutput]] = {}
+        self._pipeline_of: dict[str, str] = {}  # session id -> kame or cascade
         self._ids = itertools.count(1)
         self.static_dir = Path(static_dir) if static_dir else _default_static_dir()
         self.started = time.time()
@@ -214,7 +240,10 @@ class KameServer:
     async def _on_startup(self, app: web.Application) -> None:
         if self.backend is not None:
             await self.backend.load()
-        await asyncio.to_thread(self.stepper.start)  # a child process may take a while to load the model
+        if self.cascade is not None:
+            await self.cascade.load()
+        if self.stepper is not None:  # a child process may take a while to load the model
+            await asyncio.to_thread(self.stepper.start)
         self.state = "ok"
         self._last_start = time.monotonic()
         self._supervisor = asyncio.create_task(self._supervise(), name="kame-supervisor")
@@ -225,9 +254,12 @@ class KameServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         await self._end_sessions("server shutdown", "the server is shutting down")
-        await asyncio.to_thread(self.stepper.stop)
+        if self.stepper is not None:
+            await asyncio.to_thread(self.stepper.stop)
         if self.backend is not None:
             await self.backend.aclose()
+        if self.cascade is not None and (self.backend is None or self.cascade.llm is not self.backend.llm):
+            await self.cascade.aclose()  # its models are its own, not the KAME back-end's
 
     async def drain(self, timeout_s: float | None = None) -> int:
         """Graceful shutdown: refuse new sessions, tell live ones, let them finish up to ``timeout_s``,
@@ -245,11 +277,16 @@ class KameServer:
         await self._end_sessions("server shutdown", "the server is shutting down")
         return cut
 
-    async def _end_sessions(self, reason: str, message: str) -> None:
-        """Close every live session (its timeline whole) and tell its client why (0x05, then close)."""
-        entries = [(sid, self.sessions.get(sid), ws) for sid, (ws, _) in list(self._sockets.items())]
+    async def _end_sessions(self, reason: str, message: str, pipeline: str | None = None) -> None:
+        """Close every live session (of ``pipeline``, if given; its timeline whole) and tell its client
+        why (0x05, then close)."""
+        entries = [
+            (sid, self.sessions.get(sid), ws)
+            for sid, (ws, _) in list(self._sockets.items())
+            if pipeline is None or self._pipeline_of.get(sid) == pipeline
+        ]
 
-        async def end(session: Session | None, ws: web.WebSocketResponse) -> None:
+        async def end(session: Session | CascadeSession | None, ws: web.WebSocketResponse) -> None:
             if session is not None:
                 await session.close(reason)
             await _close_with_error(ws, message)
@@ -272,12 +309,12 @@ class KameServer:
                 self.state = "error"
                 self.fatal = f"the front-end failed ({failure}); the thread frame clock cannot be restarted"
                 logger.critical("%s: the server stops", self.fatal)
-                await self._end_sessions("front-end failed", f"the front-end stopped: {failure}")
+                await self._end_sessions("front-end failed", f"the front-end stopped: {failure}", "kame")
                 self.fatal_event.set()
                 return
             self.state = "restarting"
             logger.error("the front-end process failed (%s): ending its sessions and restarting it", failure)
-            await self._end_sessions("front-end failed", f"the front-end stopped: {failure}")
+            await self._end_sessions("front-end failed", f"the front-end stopped: {failure}", "kame")
             if time.monotonic() - self._last_start < 60.0:
                 self._crashes_soon_after_start += 1  # a crash loop: back off further each time
             else:
@@ -314,32 +351,41 @@ class KameServer:
     @property
     def failure(self) -> str | None:
         """Why the front-end cannot serve now (its process died, its thread failed), if it cannot."""
-        return self.stepper.failure
+        return self.stepper.failure if self.stepper is not None else None
 
     @property
     def serving(self) -> bool:
         return self.state == "ok" and self.failure is None
 
+    def serves(self, pipeline: str) -> bool:
+        """Whether a new session of ``pipeline`` can start now (the cascade needs no front-end)."""
+        if pipeline == "cascade":
+            return self.state in ("ok", "restarting") and self.fatal is None
+        return self.serving
+
     async def healthz(self, request: web.Request) -> web.Response:
-        stats = self.stepper.stats
         status = self.state
         if status == "ok" and self.failure:  # the supervisor has not seen it yet
-            status = "restarting" if self.stepper.can_restart else "error"
-        body = {
+            status = "restarting" if self.stepper is not None and self.stepper.can_restart else "error"
+        body: dict[str, object] = {
             "status": status,
             "error": self.give_up or self.fatal or self.failure,
             "restarts": self.restarts,
             "auth": self.policy.tokens.required,
+            "pipelines": list(self.config.pipelines),
             "sessions": len(self.sessions),
-            "capacity": self.stepper.capacity,
+            "capacity": self.stepper.capacity if self.stepper is not None else 0,
             "queued": self.gate.queued,
-            "device": self.stepper.device,
-            "steps": stats.steps,
-            "step_ms_p50": round(stats.percentile_ms(50), 2),
-            "step_ms_p99": round(stats.percentile_ms(99), 2),
-            "late_frames": stats.late_frames,
+            "cascade_sessions": self.cascade_gate.active,
+            "cascade_capacity": self.config.max_cascade_sessions if self.cascade is not None else 0,
             "uptime_s": round(time.time() - self.started, 1),
         }
+        if self.stepper is not None:
+            stats = self.stepper.stats
+            body.update(
+                device=self.stepper.device, steps=stats.steps, step_ms_p50=round(stats.percentile_ms(50), 2),
+                step_ms_p99=round(stats.percentile_ms(99), 2), late_frames=stats.late_frames,
+            )  # fmt: skip
         return web.json_response(body, status=200 if status == "ok" else 503)
 
     async def prometheus(self, request: web.Request) -> web.Response:
@@ -374,6 +420,14 @@ class KameServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         events = request.query.get("events", "0").lower() in ("1", "true", "yes")
+        pipeline = request.query.get("pipeline", self.config.pipelines[0]).strip().lower()
+        if pipeline not in self.config.pipelines:
+            offered = ", ".join(self.config.pipelines)
+            return web.json_response(
+                {"error": f"pipeline {pipeline!r} is not served here; choose one of: {offered}"}, status=400
+            )
+        if pipeline == "cascade" and self.serves("cascade"):
+            return await self._chat_cascade(request, events)
         if not self.serving:
             why = {"draining": "the server is shutting down", "starting": "the server is starting"}.get(
                 self.state,
@@ -404,6 +458,27 @@ class KameServer:
             self.gate.release()
         return ws
 
+    async def _chat_cascade(self, request: web.Request, events: bool) -> web.StreamResponse:
+        """A cascade session: no front-end slot, its own limit (refused when full, never queued)."""
+        try:
+            self.cascade_gate.try_acquire()
+        except ServerFull:
+            self.metrics.sessions_rejected.inc()
+            limit = self.config.max_cascade_sessions
+            return web.json_response(
+                {"error": f"server full: all {limit} cascade sessions are in use; try again later"},
+                status=503,
+            )
+        try:
+            ws = web.WebSocketResponse(
+                max_msg_size=self.config.max_message_bytes, heartbeat=10.0, protocols=(SUBPROTOCOL,)
+            )
+            await ws.prepare(request)
+            await self._serve(ws, events, "cascade")
+        finally:
+            self.cascade_gate.release()
+        return ws
+
     async def _wait_in_queue(
         self, ws: web.WebSocketResponse, waiter: asyncio.Future[None], events: bool
     ) -> bool:
@@ -427,13 +502,20 @@ class KameServer:
             return False
         return True
 
-    async def _serve(self, ws: web.WebSocketResponse, events: bool) -> None:
+    async def _serve(self, ws: web.WebSocketResponse, events: bool, pipeline: str = "kame") -> None:
         session_id = f"s{next(self._ids)}"
         output = WebSocketOutput(events, self.config.max_outgoing)
         timeline_path = None
         if self.config.timeline_dir:
             timeline_path = str(Path(self.config.timeline_dir) / f"{session_id}-{int(time.time())}.jsonl")
-        session = Session(session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path)
+        session: Session | CascadeSession
+        if pipeline == "cascade" and self.cascade is not None:
+            session = self.cascade.open_session(session_id, output=output, timeline_path=timeline_path)
+        else:
+            assert self.stepper is not None  # the constructor checked that kame has its frame clock
+            session = Session(
+                session_id, self.stepper, self.backend, output=output, timeline_path=timeline_path
+            )
         self.metrics.observe(session.timeline)
         reason = "client closed"
         sender: asyncio.Task[None] | None = None
@@ -441,21 +523,30 @@ class KameServer:
             self._metrics_loop(ws, session, output), name=f"kame-metrics-{session_id}"
         )
         self._sockets[session_id] = (ws, output)
+        self._pipeline_of[session_id] = pipeline
         try:
+            # A cascade session paces its reply audio by its own 80 ms clock.
+            start = session.start(paced=True) if isinstance(session, CascadeSession) else session.start()
             try:
-                await asyncio.wait_for(session.start(), self.config.handshake_timeout_s)
+                await asyncio.wait_for(start, self.config.handshake_timeout_s)
             except TimeoutError:
                 raise RuntimeError(
                     f"the session did not start within {self.config.handshake_timeout_s:.0f} s"
                 ) from None
-            if not self.serving:  # the front-end failed while this session was starting
+            if not self.serves(pipeline):  # the front-end failed while this session was starting
                 raise RuntimeError(f"the front-end stopped: {self.failure or self.state}")
             self.sessions[session_id] = session
             self.metrics.sessions_total.inc()
             await ws.send_bytes(protocol.HANDSHAKE)  # before any frame: the sender starts after it
             sender = asyncio.create_task(self._send_loop(ws, output), name=f"kame-send-{session_id}")
             output.on_event(
-                SessionReady(session=session_id, sample_rate=SAMPLE_RATE, frame_ms=round(FRAME_S * 1000))
+                SessionReady(
+                    session=session_id,
+                    pipeline=pipeline,
+                    pipelines=list(self.config.pipelines),
+                    sample_rate=SAMPLE_RATE,
+                    frame_ms=round(FRAME_S * 1000),
+                )  # fmt: skip
             )
             reason = await self._receive_loop(ws, session)
         except protocol.ProtocolError as exc:
@@ -469,6 +560,7 @@ class KameServer:
         finally:
             self.sessions.pop(session_id, None)
             self._sockets.pop(session_id, None)
+            self._pipeline_of.pop(session_id, None)
             self.metrics.sessions_ended.labels(reason).inc()
             await session.close(reason)
             output.close()
@@ -481,7 +573,7 @@ class KameServer:
             if not ws.closed:
                 await ws.close()
 
-    async def _receive_loop(self, ws: web.WebSocketResponse, session: Session) -> str:
+    async def _receive_loop(self, ws: web.WebSocketResponse, session: Session | CascadeSession) -> str:
         reader = sphn.OpusStreamReader(SAMPLE_RATE)
         started = time.monotonic()
         accepted_s = 0.0  # a client faster than real time must not make the shared STT work for it
@@ -531,11 +623,13 @@ class KameServer:
                 return
 
     async def _metrics_loop(
-        self, ws: web.WebSocketResponse, session: Session, output: WebSocketOutput
+        self, ws: web.WebSocketResponse, session: Session | CascadeSession, output: WebSocketOutput
     ) -> None:
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
-            if self.failure:  # the front-end died: tell the client rather than leave it in silence
+            if self.failure and isinstance(
+                session, Session
+            ):  # the front-end died: tell the client rather than leave it in silence
                 await _close_with_error(ws, f"the front-end stopped: {self.failure}")
                 return
             snapshot = session.metrics.snapshot()

@@ -22,6 +22,9 @@ from kame.events import (
     Final,
     LLMFirstToken,
     OracleApplied,
+    ReplyEnd,
+    ReplyStart,
+    TurnEnd,
 )
 from kame.timeline import Event, Timeline
 
@@ -38,10 +41,12 @@ class ResponseLatency:
 
     Response latency: the time of the assistant's first word after the user's turn began, minus the end
     of the user's last word (from the final transcript's word times). Negative when the assistant started
-    first. Each user turn (ended by a final with words) gives at most one figure, to ``observe``.
+    first. Each user turn (ended by a final with words) gives at most one figure, to ``observe``. Where the
+    cascade ended the turn (``TurnEnd``), its ``user_end`` (the VAD's stop minus its confirmation silence)
+    replaces the final's last word end, which Whisper stretches into the silence after it.
     """
 
-    TYPES = (Final, AssistantWord)
+    TYPES = (Final, TurnEnd, AssistantWord)
 
     def __init__(self, observe: Callable[[float], None]) -> None:
         self._observe = observe
@@ -62,6 +67,9 @@ class ResponseLatency:
                 self._figure(started - user_end)  # the assistant had started first
             else:
                 self._user_end = user_end
+        elif event["type"] == TurnEnd.TYPE:
+            if self._user_end is not None:
+                self._user_end = float(event["user_end"])
         elif event["type"] == AssistantWord.TYPE:
             if self._user_end is not None:
                 self._figure(float(event["t"]) - self._user_end)
@@ -72,6 +80,9 @@ class ResponseLatency:
         self._observe(latency)
         self._turn_start = self._user_end = None
         self._said.clear()
+
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
 
 class ServerMetrics:
@@ -123,6 +134,18 @@ class ServerMetrics:
         self.oracle_events = Counter(
             "kame_oracle_events_total", "Oracle operations, by kind", ["kind"], registry=r
         )
+        self.cascade_latency = Histogram(
+            "kame_cascade_response_latency_seconds",
+            "Cascade: first reply audio played minus the end of the user's speech (VAD stop minus its "
+            "confirmation silence)", buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cascade_stage = Histogram(
+            "kame_cascade_stage_seconds", "Cascade: the response latency's stages (they add up to it)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cascade_replies = Counter(
+            "kame_cascade_replies_total", "Cascade replies, by how they ended", ["reason"], registry=r
+        )
         self.errors = Counter(
             "kame_errors_total", "Errors on session timelines, by source", ["source"], registry=r
         )
@@ -152,7 +175,9 @@ class ServerMetrics:
 
     def observe(self, timeline: Timeline) -> None:
         """Subscribe this registry's observers to one session's timeline."""
-        timeline.subscribe(self.on_event, OracleApplied, LLMFirstToken, Error, *ORACLE_TIMELINE_EVENTS)
+        timeline.subscribe(
+            self.on_event, OracleApplied, LLMFirstToken, Error, ReplyStart, ReplyEnd, *ORACLE_TIMELINE_EVENTS
+        )
         timeline.subscribe(ResponseLatency(self.response_latency.observe), *ResponseLatency.TYPES)
 
     def on_event(self, event: Event) -> None:
@@ -166,6 +191,12 @@ class ServerMetrics:
             self.oracle_events.labels(_ORACLE_KINDS[kind]).inc()
         elif kind == Error.TYPE:
             self.errors.labels(str(event.get("source", "unknown"))).inc()
+        elif kind == ReplyStart.TYPE:
+            self.cascade_latency.observe(float(event["latency"]))
+            for stage in ReplyStart.STAGES:
+                self.cascade_stage.labels(stage).observe(max(0.0, float(event[stage])))
+        elif kind == ReplyEnd.TYPE:
+            self.cascade_replies.labels(str(event.get("reason", "unknown"))).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

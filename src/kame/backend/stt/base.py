@@ -229,6 +229,23 @@ class STTStream(ABC):
     async def aclose(self) -> None:
         """Stop recognizing now (no final for the current utterance) and release the stream."""
 
+    # -- end of turn (what a cascade waits for) -----------------------------------------------------
+    @property
+    def turn_end_reason(self) -> str:
+        """What ends an utterance here: ``vad_silence``, ``pause_head`` (semantic) or ``input_end``."""
+        return "input_end"
+
+    @property
+    def end_silence_s(self) -> float | None:
+        """Seconds of silence that end an utterance, when silence is what ends it."""
+        return None
+
+    def set_end_silence(self, seconds: float) -> None:
+        """End utterances after ``seconds`` of silence (streams cut by a VAD); call before audio flows."""
+        raise STTError(
+            f"{type(self).__name__} does not end utterances on silence; it takes no silence setting"
+        )
+
     # -- worker side (decoding thread) --------------------------------------------------------------
     def _take(self, timeout: float | None = None) -> tuple[np.ndarray, bool, int]:
         """All pending audio (waiting up to ``timeout`` for some), whether input has finished, and how

@@ -23,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +416,19 @@ class KyutaiStream(STTStream):
 
     async def _start_worker(self) -> None:
         self.engine.notify()
+
+    @property
+    def turn_end_reason(self) -> str:
+        return "pause_head" if self._vad is None else "vad_silence"
+
+    @property
+    def end_silence_s(self) -> float | None:
+        return None if self._vad is None else self._vad.config.min_silence_s
+
+    def set_end_silence(self, seconds: float) -> None:
+        """With the pause heads the model decides (semantic end of turn); else the Silero VAD's silence."""
+        if self._vad is not None:
+            self._vad.config = replace(self._vad.config, min_silence_s=seconds)
 
     def _enqueue(self, samples: np.ndarray) -> None:
         super()._enqueue(samples)

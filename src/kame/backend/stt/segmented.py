@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,6 +37,17 @@ class VADSegmentedStream(ThreadedSTTStream):
         self.utterance = -1  # index of the current (or last) utterance
         self.in_utterance = False
         self._cursor = 0  # VAD position of the end of the block being handled
+
+    @property
+    def turn_end_reason(self) -> str:
+        return "vad_silence"
+
+    @property
+    def end_silence_s(self) -> float | None:
+        return self.vad.config.min_silence_s
+
+    def set_end_silence(self, seconds: float) -> None:
+        self.vad.config = replace(self.vad.config, min_silence_s=seconds)  # the engine's config is shared
 
     def seconds(self, vad_sample: int) -> float:
         """Session seconds of a VAD sample position."""

@@ -50,6 +50,33 @@ const ui = {
   oracleHistory: $("oracle-history"),
   tokenForm: $("token-form"),
   tokenInput: $("token-input"),
+  oracleName: $("oracle-name"),
+  oracleSub: $("oracle-sub"),
+  assistantName: $("assistant-name"),
+  pipeline: $("pipeline"),
+  pipelineChoice: $("pipeline-choice"),
+  pipelineHint: $("pipeline-hint"),
+  pipelineBadge: $("pipeline-badge"),
+};
+
+// What each pipeline is, and how the panels read for it (the server says which it offers in /healthz).
+const PIPELINES = {
+  kame: {
+    label: "KAME (tandem)",
+    hint: "Speaks at once; the back-end LLM's knowledge streams into its voice as oracles.",
+    assistant: "kame",
+    panel: "Oracle",
+    panelSub: "the back-end LLM's running answer, fed to the voice as hints",
+    waiting: "Nothing yet: the back-end starts answering as soon as it hears you.",
+  },
+  cascade: {
+    label: "Cascade (STT → LLM → TTS)",
+    hint: "Waits for you to finish, then answers; talk over it to interrupt.",
+    assistant: "cascade",
+    panel: "Reply",
+    panelSub: "the LLM's answer as it streams, spoken chunk by chunk once your turn ends",
+    waiting: "Nothing yet: the LLM answers once you stop talking.",
+  },
 };
 
 const NEW_TURN_GAP_S = 1.2; // a pause this long in the assistant's words starts a new paragraph
@@ -70,6 +97,9 @@ const state = {
   events: {},
   pressed: new Set(), // what holds the talk button down: "pointer", "key"
   spark: { ttft: [], lag: [] },
+  pipeline: null, // what the session talks to (its "session" event says)
+  replyLatencies: [], // seconds, one per cascade reply
+  offered: [], // what the server offers
 };
 
 window.kame = {
@@ -83,6 +113,9 @@ window.kame = {
     return {
       connection: state.connection,
       session: state.session,
+      pipeline: state.pipeline,
+      replyLatencies: [...state.replyLatencies],
+      offered: [...state.offered],
       talking: state.client?.talking ?? false,
       finals: state.finals.map((f) => f.text),
       partial: state.partial,
@@ -145,7 +178,7 @@ function setConnection(connection, detail = "") {
   ui.status.dataset.state = connection;
   const live = connection === "live";
   let text = STATUS_TEXT[connection] ?? connection;
-  if (live && state.session) text = `Live · session ${state.session}`;
+  if (live && state.session) text = `Live · session ${state.session}${state.pipeline ? ` · ${state.pipeline}` : ""}`;
   else if (detail && (connection === "connecting" || connection === "queued")) text = detail;
   ui.statusText.textContent = text;
 
@@ -153,6 +186,7 @@ function setConnection(connection, detail = "") {
   ui.connect.hidden = live || busy;
   ui.hangup.hidden = !(live || busy);
   ui.talk.disabled = !live;
+  ui.pipeline.disabled = live || busy;
   ui.latch.disabled = !live;
   if (!live) releaseAll();
   if (live) {
@@ -181,7 +215,7 @@ async function connect() {
   hideBanner();
   ui.connect.disabled = true;
   resetPanels();
-  const client = new KameClient({ token });
+  const client = new KameClient({ token, pipeline: ui.pipeline.value || undefined });
   state.client = client;
   client.on("state", ({ state: s, detail }) => {
     if (client === state.client) setConnection(s, detail);
@@ -283,7 +317,7 @@ ui.tokenForm.addEventListener("submit", (event) => {
 
 // ---- panels ---------------------------------------------------------------------------------------
 function resetPanels() {
-  Object.assign(state, { session: null, finals: [], partial: "", oracle: null, oracles: [], droppedAnswers: 0, words: [], monologue: "", metrics: null, events: {} });
+  Object.assign(state, { session: null, pipeline: null, replyLatencies: [], finals: [], partial: "", oracle: null, oracles: [], droppedAnswers: 0, words: [], monologue: "", metrics: null, events: {} });
   state.spark = { ttft: [], lag: [] };
   ui.transcript.replaceChildren();
   ui.assistant.replaceChildren();
@@ -303,6 +337,8 @@ function onEvent(event) {
   switch (event.type) {
     case "session":
       state.session = event.session;
+      state.pipeline = event.pipeline ?? "kame";
+      applyPipeline(state.pipeline);
       $("m-session").textContent = `session ${event.session} · ${event.sample_rate / 1000} kHz`;
       setConnection(state.connection);
       break;
@@ -328,6 +364,14 @@ function onEvent(event) {
       break;
     case "assistant":
       addWord(event);
+      break;
+    case "turn_end":
+    case "tts_first_audio":
+    case "reply_start":
+    case "reply_text":
+    case "reply_end":
+    case "barge_in":
+      onReply(event);
       break;
     case "metrics":
       renderMetrics(event);
@@ -372,7 +416,7 @@ function addFinal(event) {
   keepScrolled(ui.userScroll, near);
 }
 
-const ORACLE_BADGE = { none: "waiting", streaming: "answering", complete: "complete", cancelled: "stopped" };
+const ORACLE_BADGE = { none: "waiting", streaming: "answering", complete: "complete", cancelled: "stopped", interrupted: "interrupted", failed: "failed" };
 
 function onOracle(event) {
   const current = state.oracle;
@@ -405,14 +449,64 @@ function retireOracle(oracle, why) {
   ui.oracleHistory.prepend(li);
 }
 
+// The cascade's reply in the oracle panel: the LLM's text as it streams, then how the reply ended.
+const REPLY_END = { done: "complete", barge_in: "interrupted", error: "failed", closed: "stopped" };
+
+function onReply(event) {
+  const current = state.oracle;
+  if (event.type === "reply_text") {
+    if (!current || current.status !== "streaming") {
+      if (current) retireOracle(current, current.status);
+      state.oracle = { stream: state.oracles.length + 1, t: event.t, text: "", status: "streaming" };
+      state.oracles.push(state.oracle);
+    }
+    state.oracle.text = event.text ?? "";
+  } else if (event.type === "reply_start" && typeof event.latency === "number") {
+    state.replyLatencies.push(event.latency); // the cascade's response latency, reply by reply
+  } else if (event.type === "reply_end" && current && current.status === "streaming") {
+    current.status = REPLY_END[event.reason] ?? event.reason ?? "complete";
+  }
+  renderOracle();
+}
+
+function applyPipeline(name) {
+  const p = PIPELINES[name] ?? PIPELINES.kame;
+  ui.assistantName.textContent = p.assistant;
+  ui.oracleName.textContent = p.panel;
+  ui.oracleSub.textContent = p.panelSub;
+  ui.pipelineBadge.textContent = p.label;
+  ui.pipelineBadge.hidden = !name;
+  ui.pipelineBadge.dataset.pipeline = name ?? "";
+  const cascade = name === "cascade";
+  const tile = (id, label, title) => {
+    const el = $(id);
+    el.querySelector("dt").textContent = label;
+    el.title = title;
+  };
+  if (cascade) {
+    tile("t-lag", "Response latency", "First reply audio played minus the end of your speech (the VAD's stop minus its silence)");
+    tile("t-step", "TTS first audio", "Time the reply voice took to synthesise the first chunk");
+    tile("t-inunder", "Reply underruns", "Frames that fell silent mid-reply while the voice was still synthesising");
+  } else {
+    tile("t-lag", "Oracle lag", "Time from an oracle event to the frame that read it");
+    tile("t-step", "Step time", "Front-end step time (Mimi encode, LM step, Mimi decode); the budget is 80 ms");
+    tile("t-inunder", "Input underruns", "Frames stepped on silence because your audio had not arrived in time");
+  }
+  renderOracle();
+}
+
 function renderOracle() {
   const o = state.oracle;
   const status = o ? o.status : "none";
   ui.oracleCurrent.dataset.status = status;
   ui.oracleBadge.textContent = ORACLE_BADGE[status] ?? status;
   ui.oracleTime.textContent = o ? `since ${formatTime(o.t)} · stream ${o.stream}` : "";
-  ui.oracleText.textContent = o ? o.text || "…" : "Nothing yet: the back-end starts answering as soon as it hears you.";
+  ui.oracleText.textContent = o ? o.text || "…" : (PIPELINES[state.pipeline ?? ui.pipeline.value] ?? PIPELINES.kame).waiting;
   const title = document.querySelector(".history-title");
+  if (state.pipeline === "cascade") {
+    title.textContent = "Earlier replies";
+    return;
+  }
   title.textContent = state.droppedAnswers
     ? `Earlier oracles · ${state.droppedAnswers} LLM request${state.droppedAnswers === 1 ? "" : "s"} abandoned before answering`
     : "Earlier oracles";
@@ -440,6 +534,10 @@ function addWord(event) {
 function renderMetrics(m) {
   state.metrics = m;
   const fmt = (v, digits = 0) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
+  if (m.pipeline === "cascade") {
+    renderCascadeMetrics(m, fmt);
+    return;
+  }
   $("m-ttft").textContent = fmt(m.llm_ttft_ms);
   $("m-lag").textContent = fmt(m.oracle_lag_ms);
   $("m-step").textContent = fmt(m.step_ms, 1);
@@ -452,6 +550,23 @@ function renderMetrics(m) {
   bar.dataset.alert = String(step > 80);
   $("m-late").closest(".tile").dataset.alert = String((m.late_frame_pct ?? 0) > 1);
   for (const [key, value] of [["ttft", m.llm_ttft_ms], ["lag", m.oracle_lag_ms]]) {
+    if (value === null || value === undefined) continue;
+    const series = state.spark[key];
+    series.push(Number(value));
+    if (series.length > SPARK_POINTS) series.shift();
+    drawSpark(`s-${key}`, series);
+  }
+}
+
+function renderCascadeMetrics(m, fmt) {
+  $("m-ttft").textContent = fmt(m.llm_ttft_ms);
+  $("m-lag").textContent = fmt(m.response_latency_ms);
+  $("m-step").textContent = fmt(m.tts_ttfb_ms);
+  $("b-step").style.width = "0%";
+  $("m-late").textContent = m.frames ? fmt((100 * (m.late_frames ?? 0)) / m.frames, 1) : "—";
+  $("m-frames").textContent = `${m.frames ?? 0} frames · ${m.replies ?? 0} replies · ${m.barge_ins ?? 0} interrupted`;
+  $("m-inunder").textContent = fmt(m.reply_underruns);
+  for (const [key, value] of [["ttft", m.llm_ttft_ms], ["lag", m.response_latency_ms]]) {
     if (value === null || value === undefined) continue;
     const series = state.spark[key];
     series.push(Number(value));
@@ -490,7 +605,30 @@ function onPlayback(stats) {
 }
 
 // ---- start ----------------------------------------------------------------------------------------
+async function loadPipelines() {
+  // The server says what it offers; with more than one the user picks (the first is the server's default).
+  let offered = ["kame"];
+  try {
+    const response = await fetch(new URL("healthz", location.href), { cache: "no-store" });
+    if (response.ok) offered = (await response.json()).pipelines ?? offered;
+  } catch {
+    /* the connection attempt will explain an unreachable server */
+  }
+  state.offered = offered;
+  ui.pipeline.replaceChildren(
+    ...offered.map((name) => Object.assign(document.createElement("option"), { value: name, textContent: PIPELINES[name]?.label ?? name })),
+  );
+  ui.pipelineChoice.hidden = offered.length < 2;
+  const hint = () => {
+    ui.pipelineHint.textContent = PIPELINES[ui.pipeline.value]?.hint ?? "";
+    if (!state.session) applyPipeline(ui.pipeline.value);
+  };
+  ui.pipeline.addEventListener("change", hint);
+  hint();
+}
+
 (async () => {
+  await loadPipelines();
   const missing = await missingFeatures();
   if (missing.length) {
     ui.connect.disabled = true;

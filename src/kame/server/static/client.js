@@ -43,9 +43,11 @@ async function supported(codecClass, config) {
  *  playback {…}           — jitter buffer statistics
  */
 export class KameClient {
-  constructor({ url, token = null, prefillSeconds = 0.1, maxLatencySeconds = 0.5 } = {}) {
+  constructor({ url, token = null, pipeline, prefillSeconds = 0.1, maxLatencySeconds = 0.5 } = {}) {
     // Relative to the page, so that the client also works behind a reverse proxy under a path prefix.
     const ws = new URL("api/chat?events=1", location.href);
+    if (pipeline) ws.searchParams.set("pipeline", pipeline); // kame or cascade; the server's default if unset
+    this.pipeline = pipeline ?? null;
     ws.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     this.token = token;
     this.url = url ?? ws.href;
@@ -327,6 +329,8 @@ export class KameClient {
           return;
         }
         if (event.type === "queued") this.#setState("queued", `Waiting for a free session: you are number ${event.position} in line.`);
+        // The cascade stopped its reply for the user: drop what this page still buffers of it too.
+        if (event.type === "barge_in") this.playbackNode?.port.postMessage("flush");
         this.#emit("event", event);
         break;
       }
@@ -385,8 +389,12 @@ export class KameClient {
       const response = await fetch(new URL("healthz", location.href), { cache: "no-store" });
       if (!response.ok) return null;
       const health = await response.json();
-      if (health.sessions >= health.capacity)
-        return `The server is full: all ${health.capacity} sessions are in use (HTTP 503). Try again in a minute.`;
+      const cascade = (this.pipeline ?? health.pipelines?.[0]) === "cascade";
+      const [used, capacity] = cascade
+        ? [health.cascade_sessions, health.cascade_capacity]
+        : [health.sessions - (health.cascade_sessions ?? 0), health.capacity];
+      if (used >= capacity)
+        return `The server is full: all ${capacity} ${cascade ? "cascade " : ""}sessions are in use (HTTP 503). Try again in a minute.`;
     } catch {
       /* unreachable: not a full server */
     }
