@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_UNSPEAKABLE = re.compile(r"[*#_`~|<>\[\]{}\\^]")
+from kame.backend.answer_text import UNSPEAKABLE
+
 _SENTENCE_END = ".!?…"
 _CLAUSE_END = ",;:"
 
@@ -29,7 +30,7 @@ class ChunkerConfig:
 
 def speakable(text: str) -> str:
     """``text`` without symbols a synthesiser cannot say, on one line."""
-    return re.sub(r"\s+", " ", _UNSPEAKABLE.sub("", text))
+    return re.sub(r"\s+", " ", UNSPEAKABLE.sub("", text))
 
 
 class SpeakableChunker:
