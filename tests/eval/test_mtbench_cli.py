@@ -191,3 +191,20 @@ def test_models_that_cannot_load_stop_the_run_with_a_clear_error(
     )
     assert proc.returncode == 2 and "cannot run kame" in proc.stderr and "none.gguf" in proc.stderr
     assert proc.stderr.count("Traceback") == 0
+
+
+def test_the_cascade_answers_both_turns_after_the_user_finished(tmp_path, questions_file, judge_prompts_file):
+    out = tmp_path / "eval"
+    extra = ("--systems", "cascade", "--categories", "humanities", "--max-reply", "20")
+    args = command(out, questions_file, judge_prompts_file, "tiny", *extra)
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = lines(out / "answers.jsonl")
+    assert [(a["system"], a["turn"]) for a in answers] == [("cascade", 1), ("cascade", 2)]
+    for a in answers:
+        assert a["words"] and a["transcript"]  # SmolLM2's answer, spoken by Piper
+        assert a["latency"] > 0  # a cascade waits for the end of the turn
+        assert min(w[1] for w in a["words"]) > a["user_end"]
+    assert answers[1]["turn_start"] > max(w[2] for w in answers[0]["words"])  # turn 2 after the reply
+    results = json.loads((out / "results.json").read_text())
+    assert results["systems"]["cascade"]["latency"]["before_user_end"] == 0.0

@@ -13,7 +13,8 @@ answers.jsonl, judgments.jsonl, results.json and report.html to --out. Rerunning
 resumes: finished conversations and judgments are kept.
 
 Systems: kame (front-end + back-end --llm), moshi (--moshi-frontend, no back-end, oracle stream off),
-oracle-text (the back-end's last complete oracle in each kame turn: needs kame)."""
+cascade (STT -> --llm -> --reply-tts, no front-end), oracle-text (the back-end's last complete oracle
+in each kame turn: needs kame)."""
 
 
 def _model_arguments(parser: argparse.ArgumentParser, *, moshi: bool = True) -> None:
@@ -41,6 +42,9 @@ def _model_arguments(parser: argparse.ArgumentParser, *, moshi: bool = True) -> 
     group.add_argument("--stt", default="whisper", help="the back-end's streaming STT")
     group.add_argument("--oracle-policy", choices=["restart", "parallel"], default="restart")
     group.add_argument("--system-prompt", default=None, help="file with the oracle LLM's system prompt")
+    from kame.cli.flags import add_cascade_arguments
+
+    add_cascade_arguments(group)  # the cascade system's voice, turn-end silence and prompt
     group.add_argument("--realtime", action="store_true", help="pace sessions by the wall clock")
     group.add_argument(
         "--max-reply", type=float, default=30.0, help="seconds a reply may run past the user's turn"
@@ -58,7 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=MTBENCH_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    mt.add_argument("--systems", default="kame,moshi,oracle-text", help="comma-separated system names")
+    mt.add_argument(
+        "--systems", default="kame,moshi,cascade,oracle-text", help="comma-separated system names"
+    )
     mt.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     mt.add_argument(
         "--questions", default="mtbench", help="mtbench (the 80 official) or a question.jsonl file"
@@ -94,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/results_<system>.json.",
     )
     duplex.add_argument("root", help="a Full-Duplex-Bench task folder (v1 or v1.5) of sample folders")
-    duplex.add_argument("--system", default="kame", help="kame or moshi")
+    duplex.add_argument("--system", default="kame", help="kame, moshi or cascade")
     duplex.add_argument(
         "--transcript", choices=["audio", "text"], default="audio",
         help="audio: Whisper on output.wav (default); text: the system's own text stream",
@@ -132,6 +138,9 @@ def system_settings(args: argparse.Namespace):
         system_prompt=args.system_prompt,
         realtime=args.realtime,
         max_reply_s=args.max_reply,
+        reply_tts=args.reply_tts,
+        turn_silence_s=args.turn_silence,
+        cascade_system_prompt=args.cascade_system_prompt,
     )
 
 

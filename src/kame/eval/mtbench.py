@@ -57,7 +57,7 @@ class EvalError(UserError, ValueError):
 @dataclass
 class MTBenchConfig:
     out: Path
-    systems: list[str] = field(default_factory=lambda: ["kame", "moshi", "oracle-text"])
+    systems: list[str] = field(default_factory=lambda: ["kame", "moshi", "cascade", "oracle-text"])
     questions: str = "mtbench"
     categories: list[str] | None = None  # None: the paper's three for mtbench, every category of a file
     limit: int | None = None  # questions per category
@@ -86,7 +86,6 @@ def _validate(config: MTBenchConfig) -> None:
         raise EvalError(
             f"unknown system(s) {', '.join(unknown) or '(none given)'}; "
             f"choose from {', '.join(system_names())}"
-            + ("" if "cascade" in SYSTEMS else " (the cascade system is not part of this build yet)")
         )
     for name, source in DERIVED.items():
         if name in config.systems and source not in config.systems:

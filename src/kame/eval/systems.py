@@ -7,10 +7,12 @@ while (or hits a cap), then the next turn is spoken, so the reply to turn 2 hear
 - ``kame``: the front-end with the back-end (streaming STT and the ``--llm`` oracles);
 - ``moshi``: a front-end with no back-end and the oracle stream off, so plain Moshi weights compute
   exactly what stock Moshi computes;
+- ``cascade``: the cascade pipeline (streaming STT, a turn detector, the ``--llm`` answer spoken by
+  ``--reply-tts``) with the same back-end models;
 - ``oracle-text`` is no session of its own: it reads the oracles of each ``kame`` conversation
   (``oracle_text``), the paper's "back-end text of the final oracle" row.
 
-A new system (the cascade) registers a factory in ``SYSTEMS``.
+A new system registers a factory in ``SYSTEMS``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class SystemSettings:
     sampling: dict[str, Any] = field(default_factory=dict)  # flags over the checkpoint's lm_gen_config
     oracle_policy: str = "restart"
     system_prompt: str | None = None
+    reply_tts: str = "piper"  # the cascade's voice
+    turn_silence_s: float = 0.6  # VAD silence that ends the user's turn in the cascade
+    cascade_system_prompt: str | None = None
     realtime: bool = False
     max_reply_s: float = 30.0  # a reply is cut after this long past the end of the user's turn
     reply_silence_s: float = 2.0  # a reply has ended after this long without a word
@@ -133,6 +138,51 @@ class FrontendSystem:
             self._backend = None
 
 
+class CascadeSystem:
+    """The cascade pipeline (STT -> LLM -> TTS, no front-end) with the same ``--llm`` and ``--stt``."""
+
+    name = "cascade"
+
+    def __init__(self, settings: SystemSettings) -> None:
+        self.settings = settings
+        self._cascade: Any = None
+
+    async def load(self) -> None:
+        if self._cascade is None:
+            from kame.audio.tts import create_tts
+            from kame.backend.llm import create_llm
+            from kame.backend.stt import create_stt
+            from kame.runtime.cascade.pipeline import Cascade, CascadeConfig
+
+            s = self.settings
+            config = CascadeConfig(
+                turn_silence_s=s.turn_silence_s, system_prompt_file=s.cascade_system_prompt
+            )
+            self._cascade = Cascade(create_stt(s.stt), create_llm(s.llm), create_tts(s.reply_tts), config)
+            await self._cascade.load()
+
+    async def converse(self, turns: list[np.ndarray], timeline_path: str | None = None) -> Conversation:
+        from kame.runtime.simulate import SimulationConfig, simulate_cascade
+
+        await self.load()
+        s = self.settings
+        config = SimulationConfig(
+            realtime=s.realtime, max_reply_s=s.max_reply_s, reply_silence_s=s.reply_silence_s
+        )
+        recorder = TextStreamRecorder(whole_words=True)  # the cascade sends each played word whole
+        result = await simulate_cascade(
+            self._cascade, turns, config, session_id=self.name, timeline_path=timeline_path, output=recorder
+        )
+        return Conversation(
+            result.audio, result.user_audio, result.turn_starts, recorder.words(), result.events
+        )
+
+    async def aclose(self) -> None:
+        if self._cascade is not None:
+            await self._cascade.aclose()
+            self._cascade = None
+
+
 def _kame(settings: SystemSettings) -> SpokenSystem:
     return FrontendSystem("kame", settings.frontend, settings, with_backend=True)
 
@@ -141,7 +191,11 @@ def _moshi(settings: SystemSettings) -> SpokenSystem:
     return FrontendSystem("moshi", settings.moshi_frontend, settings, with_backend=False)
 
 
-SYSTEMS: dict[str, Callable[[SystemSettings], SpokenSystem]] = {"kame": _kame, "moshi": _moshi}
+SYSTEMS: dict[str, Callable[[SystemSettings], SpokenSystem]] = {
+    "kame": _kame,
+    "moshi": _moshi,
+    "cascade": CascadeSystem,
+}
 DERIVED = {"oracle-text": "kame"}  # judged from another system's conversations: its source
 
 

@@ -1,5 +1,5 @@
-"""Offline simulation: the live session code (KAME's, or the cascade's: ``simulate_cascade``) over a
-recording, on a virtual or a real clock.
+"""Offline simulation: the live session code (KAME's or the cascade's) over a recording, on a virtual or
+a real clock.
 
 The user's audio is fed frame by frame, followed by silence until the assistant's reply ends (its text
 stream falls silent for ``reply_silence_s``) or ``max_reply_s`` passes. A conversation is several such
@@ -81,6 +81,15 @@ class SimulationResult:
         return [e for e in self.events if is_a(e, AssistantWord)]
 
 
+@dataclass
+class Interruption:
+    """The user talks over the reply: ``audio`` (24 kHz) starts ``after_s`` after the first reply audio
+    (its ``reply_start``), the closed-loop way a barge-in can be simulated. Cascade sessions only."""
+
+    audio: np.ndarray
+    after_s: float = 1.0
+
+
 async def simulate(
     engine: FrontendEngine,
     backend: Backend | None,
@@ -91,123 +100,48 @@ async def simulate(
     timeline_path: str | None = None,
     output: SessionOutput | None = None,
 ) -> SimulationResult:
-    """Run one session over ``user_audio`` (24 kHz mono), or over a list of user turns (each spoken once
-    the reply to the one before has ended); the stepper runs in this task (manual mode)."""
+    """Run one KAME session over ``user_audio`` (24 kHz mono), or over a list of user turns (each spoken
+    once the reply to the one before has ended); the stepper runs in this task (manual mode)."""
     config = config or SimulationConfig()
-    turns = [user_audio] if isinstance(user_audio, np.ndarray) else list(user_audio)
-    if not turns:
-        raise ValueError("a simulation needs at least one turn of user audio")
     stepper = FrameStepper(engine)
     clock = time.perf_counter if config.realtime else SimulationClock()
     session = Session(session_id, stepper, backend, output=output, clock=clock, timeline_path=timeline_path)
     session.keep_audio = True
     await session.start()
-    reply_frames = int(np.ceil(config.max_reply_s / FRAME_S))
-    min_reply_frames = int(np.ceil(config.min_reply_s / FRAME_S))
-    silence = np.zeros(FRAME_SIZE, dtype=np.float32)
-    start = time.perf_counter()
-    frame = 0
-    turn, turn_start = 0, 0
-    padded = _padded(turns[0])
-    user_frames = len(padded) // FRAME_SIZE  # the frame where the current turn's audio ends
-    starts, heard = [0], [padded]
-    last_word_count, last_word_frame = 0, 0
+
+    def busy() -> bool:
+        return session.back is not None and session.back.busy()
+
+    def wake() -> None:
+        if session.back is not None:
+            session.back.engine.wake()  # time-based rules (rate limits) may have changed
+
     try:
-        while True:
-            target = frame * FRAME_S
-            if config.realtime:
-                delay = start + target - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            else:
-                await _advance_virtual(session, clock, target, config)  # type: ignore[arg-type]
-            at = (frame - turn_start) * FRAME_SIZE
-            chunk = padded[at : at + FRAME_SIZE] if frame < user_frames else silence
-            session.push_audio(chunk, SAMPLE_RATE)  # the silence after the question too: the VAD ends it
-            began = time.perf_counter()
-            stepper.step_once()
-            if not config.realtime:
-                clock.exclude(time.perf_counter() - began)  # type: ignore[union-attr]
-            await asyncio.sleep(0)  # deliver the frame's results on the loop
-            frame += 1
-            words = session.metrics.assistant_words
-            if words != last_word_count:
-                last_word_count, last_word_frame = words, frame
-            reply_quiet = (frame - max(last_word_frame, user_frames)) * FRAME_S >= config.reply_silence_s
-            reply_over = frame >= user_frames + reply_frames
-            if reply_over or (frame >= user_frames + min_reply_frames and reply_quiet):
-                turn += 1
-                if turn == len(turns):
-                    break
-                turn_start, padded = frame, _padded(turns[turn])
-                user_frames = turn_start + len(padded) // FRAME_SIZE
-                starts.append(turn_start)
-                heard.append(padded)
+        driven = await _drive(session, stepper.step_once, busy, wake, clock, config, user_audio)
     finally:
         await session.close("simulation ended")
-    audio = place_reply(session.audio_out, frame * FRAME_SIZE)  # one frame past the last input frame
-    user = np.zeros(len(audio), dtype=np.float32)
-    for first, clip in zip(starts, heard, strict=True):
-        at = first * FRAME_SIZE
-        n = max(0, min(len(clip), frame * FRAME_SIZE - at))
-        user[at : at + n] = clip[:n]
-    return SimulationResult(
-        audio, user, session.timeline.events, frame, session.metrics.snapshot(), [s * FRAME_S for s in starts]
-    )
-
-
-def _padded(audio: np.ndarray) -> np.ndarray:
-    """The audio followed by silence up to a whole number of frames."""
-    padded = np.zeros(frames_for(len(audio)) * FRAME_SIZE, dtype=np.float32)
-    padded[: len(audio)] = audio
-    return padded
-
-
-async def _advance_virtual(
-    session: Session, clock: SimulationClock, target: float, config: SimulationConfig
-) -> None:
-    """Let virtual time reach ``target``: wait while the back-end works, jump while it is idle."""
-    while True:
-        now = session.timeline.now()
-        if now >= target:
-            return
-        if session.back is not None and session.back.busy():
-            await asyncio.sleep(min(config.backend_idle_wait_s, target - now))
-        else:
-            for _ in range(3):  # let pending callbacks (transcripts, decisions, tokens) run first
-                await asyncio.sleep(0)
-            if session.back is None or not session.back.busy():
-                clock.skip(target - session.timeline.now())
-                if session.back is not None:
-                    session.back.engine.wake()  # time-based rules (rate limits) may have changed
-                return
-
-
-@dataclass
-class Interruption:
-    """The user talks over the reply: ``audio`` (24 kHz) starts ``after_s`` after the first reply audio
-    (its ``reply_start``), the closed-loop way a barge-in can be simulated. Cascade sessions only."""
-
-    audio: np.ndarray
-    after_s: float = 1.0
+    return _result(session, driven)
 
 
 async def simulate_cascade(
     cascade: Cascade,
-    user_audio: np.ndarray,
+    user_audio: np.ndarray | Sequence[np.ndarray],
     config: SimulationConfig | None = None,
     *,
     session_id: str = "sim",
     timeline_path: str | None = None,
     interruption: Interruption | None = None,
+    output: SessionOutput | None = None,
 ) -> SimulationResult:
-    """Run one cascade session over ``user_audio`` (24 kHz mono): the same loop, ``tick`` as the step.
+    """Run one cascade session over ``user_audio`` (24 kHz mono, or a list of turns): the same loop,
+    ``tick`` as the step.
 
-    It ends once no reply is under way, nothing is pending, and no word was played for ``reply_silence_s``.
+    A reply ends once no reply is under way, nothing is pending, and no word was played for
+    ``reply_silence_s``.
     """
     config = config or SimulationConfig()
     clock = time.perf_counter if config.realtime else SimulationClock()
-    session = cascade.open_session(session_id, clock=clock, timeline_path=timeline_path)
+    session = cascade.open_session(session_id, clock=clock, timeline_path=timeline_path, output=output)
     session.keep_audio = True
     await session.start()
     try:
@@ -224,45 +158,66 @@ async def simulate_cascade(
 class _Driven:
     frames: int
     user: np.ndarray  # what the user said, on the session's clock (interruptions included)
+    turn_starts: list[int]  # the frame where each user turn began
+
+
+def _turns(user_audio: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    turns = [user_audio] if isinstance(user_audio, np.ndarray) else list(user_audio)
+    if not turns:
+        raise ValueError("a simulation needs at least one turn of user audio")
+    return turns
+
+
+def _lay(heard: np.ndarray, at: int, audio: np.ndarray) -> np.ndarray:
+    """``heard`` with ``audio`` written from sample ``at`` (grown as needed)."""
+    if len(heard) < at + len(audio):
+        heard = np.concatenate([heard, np.zeros(at + len(audio) - len(heard), dtype=np.float32)])
+    heard[at : at + len(audio)] = audio
+    return heard
 
 
 async def _drive(
-    session: CascadeSession,
+    session: Session | CascadeSession,
     step: Callable[[], object],
     busy: Callable[[], bool],
     wake: Callable[[], None],
     clock: Callable[[], float],
     config: SimulationConfig,
-    user_audio: np.ndarray,
+    user_audio: np.ndarray | Sequence[np.ndarray],
     *,
     idle: Callable[[], bool] = lambda: True,
     interruption: Interruption | None = None,
 ) -> _Driven:
-    """Feed the user's audio frame by frame (then silence), step after each, until the reply is over."""
-    user_frames = frames_for(len(user_audio))
-    max_frames = user_frames + int(np.ceil(config.max_reply_s / FRAME_S))
-    min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
-    heard = np.zeros(max_frames * FRAME_SIZE, dtype=np.float32)
-    heard[: len(user_audio)] = user_audio
+    """Feed each turn's audio frame by frame (then silence), step after each, until its reply is over;
+    the next turn starts on the frame after."""
+    turns = _turns(user_audio)
+    reply_frames = int(np.ceil(config.max_reply_s / FRAME_S))
+    min_reply_frames = int(np.ceil(config.min_reply_s / FRAME_S))
+    user_frames = frames_for(len(turns[0]))  # the frame where the current turn's audio ends
+    max_frames = user_frames + reply_frames
+    min_frames = user_frames + min_reply_frames
+    heard = _lay(np.zeros(max_frames * FRAME_SIZE, dtype=np.float32), 0, turns[0])
     interrupt_at: int | None = None  # the frame the interruption starts at, once the reply started
     start = time.perf_counter()
-    frame = 0
+    frame, turn, starts = 0, 0, [0]
     last_word_count, last_word_frame = 0, 0
-    while frame < max_frames:
+    while True:
         target = frame * FRAME_S
         if config.realtime:
             delay = start + target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
         else:
-            await _advance_cascade(session, clock, target, config, busy, wake)  # type: ignore[arg-type]
+            await _advance_virtual(session, clock, target, config, busy, wake)  # type: ignore[arg-type]
         if interruption is not None and interrupt_at is None and session.timeline.of_type(ReplyStart.TYPE):
             interrupt_at = frame + int(round(interruption.after_s / FRAME_S))
             end = min(len(heard), interrupt_at * FRAME_SIZE + len(interruption.audio))
             heard[interrupt_at * FRAME_SIZE : end] = interruption.audio[: end - interrupt_at * FRAME_SIZE]
             user_frames = max(user_frames, frames_for(end))
-            min_frames = user_frames + int(np.ceil(config.min_reply_s / FRAME_S))
+            min_frames = user_frames + min_reply_frames
         chunk = heard[frame * FRAME_SIZE : (frame + 1) * FRAME_SIZE]
+        if len(chunk) < FRAME_SIZE:
+            chunk = np.zeros(FRAME_SIZE, dtype=np.float32)
         session.push_audio(chunk, SAMPLE_RATE)  # the silence after the question too: the VAD ends it
         began = time.perf_counter()
         step()
@@ -274,21 +229,30 @@ async def _drive(
         if words != last_word_count:
             last_word_count, last_word_frame = words, frame
         reply_quiet = (frame - max(last_word_frame, user_frames)) * FRAME_S >= config.reply_silence_s
-        if frame >= min_frames and reply_quiet and idle():
-            break
-    return _Driven(frame, heard[: frame * FRAME_SIZE])
+        if frame >= max_frames or (frame >= min_frames and reply_quiet and idle()):
+            turn += 1
+            if turn == len(turns):
+                break
+            heard = _lay(heard, frame * FRAME_SIZE, turns[turn])
+            starts.append(frame)
+            user_frames = frame + frames_for(len(turns[turn]))
+            max_frames, min_frames = user_frames + reply_frames, user_frames + min_reply_frames
+    return _Driven(frame, heard[: frame * FRAME_SIZE], starts)
 
 
-def _result(session: CascadeSession, driven: _Driven) -> SimulationResult:
+def _result(session: Session | CascadeSession, driven: _Driven) -> SimulationResult:
     frames = driven.frames
     audio = place_reply(session.audio_out, frames * FRAME_SIZE)  # one frame past the last input frame
     user = np.zeros(len(audio), dtype=np.float32)
     user[: len(driven.user)] = driven.user
-    return SimulationResult(audio, user, session.timeline.events, frames, session.metrics.snapshot())
+    return SimulationResult(
+        audio, user, session.timeline.events, frames, session.metrics.snapshot(),
+        [start * FRAME_S for start in driven.turn_starts],
+    )  # fmt: skip
 
 
-async def _advance_cascade(
-    session: CascadeSession,
+async def _advance_virtual(
+    session: Session | CascadeSession,
     clock: SimulationClock,
     target: float,
     config: SimulationConfig,
