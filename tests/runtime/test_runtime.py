@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from kame.audio.io import resample
 from kame.audio.tts import create_tts
@@ -167,3 +168,24 @@ def test_simulate_cli(tiny_checkpoint, spoken_question, tmp_path):
     assert "frames:" in proc.stdout
     events = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert events[0]["type"] == "session_start" and events[-1]["type"] == "session_end"
+
+
+def test_the_shipped_default_says_the_adopted_oracle(spoken_question, tmp_path):
+    """``kame demo``'s session with ``--frontend tiny``: after the last oracle reaches the front-end, the
+    assistant's words are that oracle's (scored independently of the model, from the timeline)."""
+    from kame.eval.following import last_oracle_following
+
+    async def scenario():
+        backend = Backend.from_spec(BackendSpec())
+        await backend.load()
+        try:
+            with FrontendEngine(load_frontend("tiny"), 1) as engine:
+                torch.manual_seed(0)
+                return await simulate(engine, backend, spoken_question, SimulationConfig(max_reply_s=8.0))
+        finally:
+            await backend.aclose()
+
+    result = asyncio.run(scenario())
+    scored = last_oracle_following(result.events)
+    assert scored["oracle"], "no oracle reached the front-end"
+    assert scored["fraction"] >= 0.6, scored

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--interval", type=float, default=0.5, help="seconds between oracle events (default 0.5)"
     )
+    build.add_argument(
+        "--response-gap",
+        default="0.2,0.7",
+        help="LOW,HIGH: seconds of silence from the user's last word to the assistant's first, drawn "
+        "uniformly (default 0.2,0.7)",
+    )
     build.add_argument("--per-shard", type=int, default=256, help="records per tar shard (default 256)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)
@@ -86,8 +92,10 @@ def _build(args: argparse.Namespace) -> int:
     from kame.data.oracles import ScheduleConfig
     from kame.data.prompts import PromptError
     from kame.data.sources import SourceError
+    from kame.data.speech import VoiceConfig
 
     part, parts = _parse_shard(args.shard)
+    gap = _parse_range(args.response_gap, "--response-gap")
     try:
         config = BuildConfig(
             source=args.source,
@@ -108,12 +116,23 @@ def _build(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             per_shard=args.per_shard,
             schedule=ScheduleConfig(interval=args.interval),
+            voice=VoiceConfig(response_gap=gap),
         )
         summary = build(config, progress=not args.no_progress)
     except (BuildError, SourceError, PromptError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(summary, indent=2))
     return 0 if summary["written"] or summary["already_done"] else 1
+
+
+def _parse_range(text: str, flag: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: write LOW,HIGH in seconds, e.g. 0.2,0.7") from None
+    if not 0 <= low <= high:
+        raise UserError(f"{flag} {text!r}: need 0 <= LOW <= HIGH")
+    return low, high
 
 
 def _encode(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ def add_frontend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frontend",
         default=DEFAULT_FRONTEND,
-        help="checkpoint folder, hf://owner/name, or tiny (random, CPU)",
+        help="checkpoint folder, hf://owner/name, tiny (the shipped CPU front-end: follows its oracles, "
+        "voice is noise) or random:tiny",
     )
     parser.add_argument("--lora", default=None, help="LoRA weights (safetensors) for the front-end")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,7 +35,6 @@ from kame.errors import UserError
 from kame.frontend import presets
 from kame.frontend.model import OracleLMModel
 from kame.frontend.rng import seeded
-from kame.frontend.tiny_mimi import asset_digest as tiny_mimi_digest
 from kame.frontend.tiny_mimi import load_tiny_mimi
 from kame.moshi_checkpoint import checkpoint_info
 
@@ -374,18 +372,24 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+TINY_DEFAULT_ASSET = "assets/tiny_default"
+TINY_DEFAULT_RECIPE = "scripts/train_tiny_default.py --work DIR --install"
+
+
 def tiny_checkpoint_path() -> Path:
-    """Where ``--frontend tiny`` keeps its random checkpoint (created on first use; named after the tiny
-    Mimi it holds, so one made before the Mimi changed is not reused)."""
-    cache = Path(os.environ.get("KAME_CACHE", Path.home() / ".cache" / "kame"))
-    return cache / f"tiny-random-{tiny_mimi_digest()}"
+    """Where ``--frontend tiny`` lives: the trained tiny front-end shipped in the package."""
+    return Path(str(resources.files("kame.frontend").joinpath(TINY_DEFAULT_ASSET)))
 
 
 def ensure_tiny_checkpoint() -> Path:
+    """The shipped tiny front-end's folder; an error (never random weights) if the install lacks it."""
     folder = tiny_checkpoint_path()
     if not (folder / CONFIG_NAME).is_file():
-        logger.info("creating the tiny random checkpoint in %s", folder)
-        init_checkpoint(folder)
+        raise CheckpointError(
+            f"the shipped tiny front-end is missing ({folder} has no {CONFIG_NAME}): reinstall kame, or "
+            f"rebuild it with `python {TINY_DEFAULT_RECIPE}`. For random tiny weights use --frontend "
+            "random:tiny, or write a random checkpoint with `kame checkpoint init --preset tiny DIR`."
+        )
     return folder
 
 
@@ -397,14 +401,15 @@ def load_frontend(
 ) -> Frontend:
     """Load a KAME (or plain Moshi, upgraded) front-end from a folder or ``hf://owner/name``.
 
-    ``tiny`` names a small random checkpoint (created on first use): the plumbing runs end to end on a
-    CPU and its Mimi hears (codes follow the speech), but its LM is untrained: its "voice" is noise and
-    its words random. ``random:PRESET`` (e.g. ``random:moshi-7b``)
-    builds a preset's shape with a random LM in memory, for tests and benchmarks (its Mimi: see
-    ``preset_mimi``).
+    ``tiny`` names the shipped tiny front-end (``assets/tiny_default``, made by
+    ``scripts/train_tiny_default.py``): trained with ``kame train`` to say what its oracles say, so its
+    text stream follows the embedded back-end's answers on a CPU; its voice is noise, because no codec
+    weights are available offline (its Mimi hears, but decodes nothing intelligible).
+    ``random:PRESET`` (e.g. ``random:tiny``, ``random:moshi-7b``) builds a preset's shape with a random
+    LM in memory, for tests and benchmarks (its Mimi: see ``preset_mimi``).
     """
     if str(spec) == "tiny":
-        logger.warning("--frontend tiny: random weights; the assistant's audio is noise (plumbing only)")
+        logger.info("--frontend tiny: the shipped tiny front-end (follows its oracles; its voice is noise)")
         spec = ensure_tiny_checkpoint()
     if str(spec).startswith("random:"):  # benchmarks: a preset's shape with random weights, in memory
         return random_frontend(str(spec).removeprefix("random:"), device=device, dtype=dtype)
