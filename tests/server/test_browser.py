@@ -1,8 +1,9 @@
 """The web client in a real browser: Debian's chromium, headless, talking to a real ``kame serve``.
 
 The fake microphone plays real speech (espeak-ng) on a loop; the test holds the space bar for one loop
-and checks that the user's transcript, an oracle and the reply audio (decoded and played by the page)
-arrive, and that nothing leaks through while the talk button is up. The page's Ogg muxer/demuxer and
+and checks that the user's transcript, an oracle, the assistant saying the oracle's words (the shipped
+tiny front-end follows its oracles) and the reply audio (decoded and played by the page) arrive, and
+that nothing leaks through while the talk button is up. The page's Ogg muxer/demuxer and
 resampler are also checked against sphn (what the server uses) inside the same browser.
 
 Set ``KAME_SCREENSHOT=docs/web-client.png`` to keep the mid-conversation screenshot.
@@ -14,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -59,15 +61,19 @@ def _health(url: str) -> dict[str, Any]:
         return json.load(response)
 
 
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
+
+
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
-    """``kame serve`` with the tiny checkpoint and the default embedded back-end (Whisper + SmolLM2),
-    offering the cascade (the same Whisper and SmolLM2, Piper's voice) beside KAME, the default."""
+def server(tmp_path_factory) -> Iterator[str]:
+    """``kame serve`` with the shipped tiny front-end and the default embedded back-end (Whisper +
+    SmolLM2), offering the cascade (the same Whisper and SmolLM2, Piper's voice) beside KAME, the default."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
     command = [
-        sys.executable, "-m", "kame", "serve", "--frontend", tiny_checkpoint,
+        sys.executable, "-m", "kame", "serve", "--frontend", "tiny",
         "--max-sessions", "2", "--port", str(port), "--seed", "0", "--auth-token", TOKEN,
         "--pipeline", "kame,cascade",
     ]  # fmt: skip
@@ -314,9 +320,16 @@ def test_conversation_in_the_browser(server, speech_wav, tmp_path):
             40,
             "an oracle with text",
         )
+
+        def says_an_oracle_word() -> bool:
+            s = snapshot(driver)
+            oracle_words = {w for o in s["oracles"] for w in _words(o["text"]) if len(w) >= 4}
+            return bool(oracle_words & {w for word in s["words"] for w in _words(word)})
+
+        wait_for(driver, says_an_oracle_word, 30, "the assistant to say a word of an oracle")
         keep = os.environ.get("KAME_SCREENSHOT")
         if keep:
-            time.sleep(1.5)  # let the oracle stream a little more for the picture
+            time.sleep(2.0)  # let the assistant say a little more for the picture
         shot = tmp_path / "web-client.png"
         driver.save_screenshot(str(shot))
         if keep:
@@ -338,7 +351,7 @@ def test_conversation_in_the_browser(server, speech_wav, tmp_path):
             "return [document.getElementById('oracle-text').textContent, o[o.length - 1].text];"
         )
         assert shown.strip() == latest.strip()
-        assert s["words"], "no assistant words"  # the random tiny model babbles from the first frames
+        assert s["words"], "no assistant words"
         text_of = "return document.getElementById(arguments[0]).textContent"
         assert s["words"][-1] in driver.execute_script(text_of, "assistant")
         transcript_panel = driver.execute_script(text_of, "user-scroll").lower()
