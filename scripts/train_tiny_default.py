@@ -3,7 +3,8 @@
 ``--frontend tiny`` (``kame demo``, ``kame serve``, ``kame simulate``) is this script's result, shipped in
 ``src/kame/frontend/assets/tiny_default/``. It reproduces it in four resumable stages::
 
-    python scripts/train_tiny_default.py --work data/tiny-default [--install]
+    python scripts/train_tiny_default.py --work data/tiny-default \
+        --answers scripts/tiny_default_llm_answers.jsonl [--install]
 
 1. ``WORK/llm_answers.jsonl``: the embedded back-end's LLM (``local``, SmolLM2) answers ``--questions``
    questions with the oracle engine's own system prompt and settings (``kame.data.open_qa.questions``);
@@ -99,6 +100,12 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="folder for every stage (resumable)")
     parser.add_argument("--questions", type=int, default=300, help="questions the LLM answers (default 300)")
     parser.add_argument("--count", type=int, default=8000, help="dialogues (default 8000)")
+    parser.add_argument(
+        "--answers",
+        type=Path,
+        help="the LLM answers' cache (default WORK/llm_answers.jsonl); the shipped front-end's are "
+        "scripts/tiny_default_llm_answers.jsonl (the LLM samples, so new answers differ)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--stop-after", choices=("answers", "data"), help="stop after this stage")
@@ -109,7 +116,7 @@ def main() -> int:
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    answers = llm_answers(work / "llm_answers.jsonl", args.questions)
+    answers = llm_answers(args.answers or work / "llm_answers.jsonl", args.questions)
     print(f"{len(answers)} LLM answers ({time.monotonic() - started:.0f} s)")
     if args.stop_after == "answers":
         return 0
