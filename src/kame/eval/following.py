@@ -11,6 +11,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from kame.events import AssistantWord, LLMDone, OracleApplied, OracleEnd
+from kame.events import is_a as _is
+
 FIRST_WORDS = 10
 
 
@@ -19,22 +22,18 @@ def spoken_words(text: str) -> list[str]:
 
 
 def last_oracle_following(events: Sequence[dict[str, Any]], first_words: int = FIRST_WORDS) -> dict[str, Any]:
-    """``{"oracle", "applied_t", "said", "fraction"}`` for a timeline (``kame.runtime.timeline`` events)."""
+    """``{"oracle", "applied_t", "said", "fraction"}`` for a timeline (``kame.events`` records)."""
     texts: dict[int, str] = {}
     for event in events:
-        if event["type"] in ("llm_done", "oracle_end") and "stream" in event:
+        if _is(event, LLMDone, OracleEnd) and "stream" in event:
             texts[int(event["stream"])] = str(event.get("text", ""))
     resets = [
-        e
-        for e in events
-        if e["type"] == "oracle_applied" and e.get("kind") == "reset" and int(e["stream"]) in texts
+        e for e in events if _is(e, OracleApplied) and e.get("kind") == "reset" and int(e["stream"]) in texts
     ]
     if not resets:
         return {"oracle": None, "applied_t": None, "said": "", "fraction": 0.0}
     last = resets[-1]
-    said = " ".join(
-        str(e.get("text", "")) for e in events if e["type"] == "assistant_word" and e["t"] >= last["t"]
-    )
+    said = " ".join(str(e.get("text", "")) for e in events if _is(e, AssistantWord) and e["t"] >= last["t"])
     target = spoken_words(texts[int(last["stream"])])[:first_words]
     heard = set(spoken_words(said))
     hits = sum(1 for word in target if word in heard)
