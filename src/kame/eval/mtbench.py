@@ -301,8 +301,8 @@ def report_notes(config: MTBenchConfig, failures: list[tuple[str, str]]) -> list
         )
     if "tiny" in (config.models.frontend, config.models.moshi_frontend):
         notes.append(
-            "A front-end is the tiny random checkpoint: its replies are noise, so these figures test the "
-            "plumbing, not a model."
+            "A front-end is the tiny CPU checkpoint: its words follow its oracles only loosely and its voice "
+            "is noise, so these figures test the plumbing, not a model."
         )
     notes.append(
         f"Judged with FastChat's prompts ({config.judge_prompts}) by {config.judge} at temperature 0, "
