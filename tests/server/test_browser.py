@@ -1,6 +1,6 @@
 """The web client in a real browser: Debian's chromium, headless, talking to a real ``kame serve``.
 
-The fake microphone plays real speech (espeak-ng) on a loop; the test holds the space bar for one loop
+The fake microphone plays real speech (Piper) on a loop; the test holds the space bar for one loop
 and checks that the user's transcript, an oracle, the assistant's words (the shipped tiny front-end's;
 ``tests/runtime`` checks that they follow the oracle) and the reply audio (decoded and played by the
 page) arrive, and that nothing leaks through while the talk button is up. The page's Ogg muxer/demuxer and
@@ -103,11 +103,14 @@ def server(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> tuple[str, float]:
-    """Real speech for the fake microphone: the sentence, then 1 s of silence (chromium loops it)."""
+    """Real speech for the fake microphone: the sentence in Piper's voice, then 1 s of silence (chromium
+    loops it). Piper, not espeak-ng: Whisper tiny misheard espeak's "capital of France" as "carpet" and
+    "happy to love friends" in CI, which said nothing about the page."""
+    from kame.audio.tts import create_tts
+
     folder = tmp_path_factory.mktemp("speech")
-    raw = folder / "raw.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SENTENCE], check=True)
-    audio, rate = sf.read(raw, dtype="float32")
+    speech = create_tts("piper").synthesize(SENTENCE)
+    audio, rate = speech.audio.astype(np.float32), speech.sample_rate
     audio = np.concatenate([audio, np.zeros(rate, np.float32)])
     path = folder / "question.wav"
     sf.write(path, audio, rate, subtype="PCM_16")
