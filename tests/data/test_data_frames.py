@@ -10,6 +10,7 @@ from kame.data.frames import (
     END_OF_PAD,
     PAD,
     FrameLoader,
+    monologue_words,
     num_frames,
     oracle_stream,
     text_stream,
@@ -34,6 +35,27 @@ def test_text_stream_places_words_at_their_start_frame():
     assert stream[4] == END_OF_PAD and stream[5:8] == [ord("a"), ord("b"), ord("c")]
     assert stream[11] == END_OF_PAD and stream[12:14] == [ord("d"), ord("e")]
     assert all(stream[i] == PAD for i in [0, 1, 2, 3, 8, 9, 10, 14, 19])
+
+
+def test_monologue_words_keep_the_written_punctuation():
+    """The text stream spells words as written, as Moshi's monologue and the oracle's text do."""
+    bare = ["Paris", "it's", "big"]
+    timed = [{"word": w, "start": 0.1 * i, "end": 0.1 * i + 0.05} for i, w in enumerate(bare)]
+    meta = {
+        "assistant_words": timed,
+        "turns": [
+            {"speaker": "user", "text": "Where?", "words": [{"word": "Where", "start": 0.0, "end": 0.2}]},
+            {"speaker": "assistant", "text": "Paris - it's big.", "words": timed},
+        ],
+    }
+    words = monologue_words(meta, "assistant")
+    assert [w["word"] for w in words] == ["Paris", "it's", "big."]  # "-" is not a word: no time of its own
+    assert [w["start"] for w in words] == [w["start"] for w in timed]
+    assert [w["word"] for w in monologue_words(meta, "user")] == ["Where?"]
+    # times that do not line up with the text's words keep their bare words; no turns: the flat list
+    meta["turns"][1]["text"] = "Paris is big."
+    assert [w["word"] for w in monologue_words(meta, "assistant")] == ["Paris", "it's", "big"]
+    assert monologue_words({"assistant_words": timed}, "assistant") == timed
 
 
 def test_oracle_stream_start_tokens_and_overwrites():

@@ -2,9 +2,10 @@
 
 All streams share one index: frame f covers audio [f * 80 ms, (f + 1) * 80 ms) of the dialogue.
 
-- ``text``: the assistant's inner monologue. A word's tokens start at the word's start frame (the first
-  free frame at or after it) and follow one per frame; the frame before a word, if it would be padding,
-  carries the end-of-padding token (0); every other frame is the padding token (3).
+- ``text``: the assistant's inner monologue, words as written (``monologue_words``: "France?" keeps its
+  "?", as Moshi's inner monologue and the LLM's oracle text both do). A word's tokens start at the
+  word's start frame (the first free frame at or after it) and follow one per frame; the frame before a
+  word, if it would be padding, carries the end-of-padding token (0); every other frame is padding (3).
 - ``user_text``: the same for the user's words (for models that also predict the other side).
 - ``oracle``: the oracle stream, built by inference's own rule (``render_oracle_stream``). Each event at
   frame f writes the start-of-oracle token (``text_card``) there, then its text's tokens one per frame,
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from kame.audio.tts.words import written_words
 from kame.data.dataset import Record, read_records
 from kame.frames import FRAME_RATE, SAMPLE_RATE
 from kame.frontend.oracle_track import render_oracle_stream
@@ -71,6 +73,31 @@ def text_stream(
             stream[first + k] = token
         cursor = first + len(tokens)
     return stream
+
+
+def monologue_words(meta: dict[str, Any], speaker: str) -> list[dict[str, Any]]:
+    """A record's timed words of one speaker in their written form, punctuation attached.
+
+    TTS word times name bare words ("France"); the text stream spells the written token ("France?"),
+    so it is tokenized as the oracle's text is (the same pieces, the same punctuation) and a word can be
+    copied from the oracle piece for piece. A turn whose times do not line up with its text's words
+    (an old record, a hand-made one) keeps its bare words.
+    """
+    words: list[dict[str, Any]] = []
+    turns = [t for t in meta.get("turns") or [] if t.get("speaker") == speaker]
+    if not turns:
+        return list(meta[f"{speaker}_words"])
+    for turn in turns:
+        timed = list(turn.get("words") or [])
+        written = written_words(str(turn.get("text", "")))
+        lined_up = len(written) == len(timed) and all(
+            w.word == str(t["word"]) for w, t in zip(written, timed, strict=True)
+        )
+        if not lined_up:
+            words.extend(timed)
+            continue
+        words.extend({**t, "word": w.written} for w, t in zip(written, timed, strict=True))
+    return words
 
 
 def oracle_stream(
@@ -168,8 +195,8 @@ class FrameLoader:
     def frames(self, record: Record) -> FrameStreams:
         meta = record.meta
         count = num_frames(len(record.user), record.sample_rate)
-        text = text_stream(meta["assistant_words"], count, self.tokenizer)
-        user_text = text_stream(meta["user_words"], count, self.tokenizer)
+        text = text_stream(monologue_words(meta, "assistant"), count, self.tokenizer)
+        user_text = text_stream(monologue_words(meta, "user"), count, self.tokenizer)
         oracle = oracle_stream(meta["oracles"], count, self.tokenizer, self.start_token)
         assistant_codes = user_codes = None
         if self.mimi is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kame.data.dataset import CODES_FOLDER, SCHEMA, DatasetError, Record, read_records, shards
-from kame.data.frames import FrameLoader, text_stream
+from kame.data.frames import FrameLoader, monologue_words, text_stream
 from kame.errors import UserError
 from kame.frames import FRAME_RATE
 
@@ -182,7 +182,8 @@ def _train_record(meta: dict[str, Any], loader: FrameLoader, frontend: Any) -> T
             f"record {rid}: its Mimi codes go up to {top} but the LM's codebooks have {lm.card} entries; "
             "the codes come from another codec than the LM's (check that the checkpoint's Mimi belongs to it)"
         )
-    text = torch.tensor(text_stream(meta["assistant_words"], frames, loader.tokenizer), dtype=torch.int32)
+    words = monologue_words(meta, "assistant")
+    text = torch.tensor(text_stream(words, frames, loader.tokenizer), dtype=torch.int32)
     events = sorted(meta["oracles"], key=lambda e: float(e["time"]))
     compact = torch.int16 if lm.card <= torch.iinfo(torch.int16).max else torch.int32
     return TrainRecord(rid, text, assistant.to(compact), user.to(compact), events)

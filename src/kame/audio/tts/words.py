@@ -35,6 +35,22 @@ def text_words(text: str) -> list[TextWord]:
     return words
 
 
+@dataclass(frozen=True)
+class WrittenWord:
+    word: str  # the bare word, as TTS word times name it
+    written: str  # its whitespace-separated token, punctuation included ("France?")
+
+
+def written_words(text: str) -> list[WrittenWord]:
+    """The words of ``text`` beside the tokens they were written in (for an inner monologue)."""
+    out = []
+    for match in _TOKEN.finditer(text):
+        core = _EDGE.sub("", match.group())
+        if core:
+            out.append(WrittenWord(core, match.group()))
+    return out
+
+
 def spoken_words(text: str) -> list[str]:
     """The words of ``text``, as ``Speech.words`` lists them."""
     return [w.word for w in text_words(text)]
