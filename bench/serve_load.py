@@ -119,7 +119,10 @@ async def client(url: str, pages: list[bytes], seconds: float, start_delay: floa
 
 async def run_clients(url: str, n: int, seconds: float) -> list[dict]:
     pages = encode_loop(speech_loop(), seconds)
-    return await asyncio.gather(*(client(url, pages, seconds, 0.08 * i / max(n, 1)) for i in range(n)))
+    cpu = time.process_time()
+    results = await asyncio.gather(*(client(url, pages, seconds, 0.08 * i / max(n, 1)) for i in range(n)))
+    results[0]["process_cpu_s"] = time.process_time() - cpu  # the whole client process, for all of them
+    return list(results)
 
 
 async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dict:
@@ -160,6 +163,7 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
     cpu_after = server.cpu.sample()
     server_cpu_s = cpu_after.server_s - cpu_before.server_s
     frontend_cpu_s = cpu_after.frontend_s - cpu_before.frontend_s
+    audio_cpu_s = cpu_after.audio_s - cpu_before.audio_s
     late = stats.late_frames - before[2]
     step_ms = [s * 1e3 for s in stats.step_s]
     return {
@@ -172,6 +176,8 @@ async def run_level(server: KameServer, url: str, n: int, seconds: float) -> dic
         "resyncs": stats.resyncs - before[3],
         "server_cpu_ms_per_frame": round(1e3 * server_cpu_s / frames, 3) if frames else None,
         "frontend_cpu_ms_per_frame": round(1e3 * frontend_cpu_s / frames, 3) if frames else None,
+        "audio_cpu_ms_per_frame": round(1e3 * audio_cpu_s / frames, 3) if frames else None,
+        "client_cpu_ms_per_frame": round(1e3 * results[0]["process_cpu_s"] / frames, 3) if frames else None,
         "oracle_lag_ms_median": round(statistics.median(lags) * 1e3, 1) if lags else None,
         "oracle_lag_ms_p90": round(float(np.percentile(lags, 90)) * 1e3, 1) if lags else None,
         "oracle_events_applied": len(lags),
@@ -201,7 +207,8 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = KameServer(stepper, backend, ServerConfig(port=port, idle_timeout_s=30, max_per_client=None))
+    config = ServerConfig(port=port, idle_timeout_s=30, max_per_client=None, audio_workers=args.audio_workers)
+    server = KameServer(stepper, backend, config)
     runner = web.AppRunner(server.app())
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -236,6 +243,7 @@ def main() -> None:
         "--audio-batch-ms", type=float, default=None,
         help="coalesce user audio for the frame-clock process this long (0: one pipe message per packet)",
     )  # fmt: skip
+    parser.add_argument("--audio-workers", type=int, default=0, help="kame serve --audio-workers")
     parser.add_argument("--json", default=None)
     parser.add_argument("--client-mode", default=None, metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,6 +255,7 @@ def main() -> None:
         "device": args.device,
         "backend": args.backend,
         "clock": args.frame_clock,
+        "audio_workers": args.audio_workers,
     }
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))

@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--frame-clock", choices=["process", "thread"], default="process",
         help="step the front-end in a child process (default; its own interpreter lock) or a thread",
     )  # fmt: skip
+    parser.add_argument(
+        "--audio-workers", type=int, default=0,
+        help="processes that encode reply audio (Opus) for all sessions; 0 (default): in the server "
+        "process. sphn's encoder holds the interpreter lock, so on a many-core machine serving many "
+        "sessions, workers take it off the server's one interpreter",
+    )  # fmt: skip
     access = parser.add_argument_group("access and deployment")
     access.add_argument(
         "--auth-token", default=None,
@@ -103,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             max_per_client=args.max_per_client or None, handshake_timeout_s=args.handshake_timeout,
             drain_timeout_s=args.drain_timeout, max_failed_starts=args.max_failed_starts,
             pipelines=args.pipeline, max_cascade_sessions=args.max_cascade_sessions,
+            audio_workers=args.audio_workers,
         )  # fmt: skip
     except (AuthConfigError, TLSConfigError, ValueError) as exc:
         raise SystemExit(f"kame serve: {exc}") from exc

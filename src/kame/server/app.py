@@ -20,9 +20,11 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sphn
@@ -43,6 +45,7 @@ from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
 from kame.server import protocol
+from kame.server.audio_workers import LocalEncoder, PooledEncoder, ReplyEncoderPool
 from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 
@@ -74,6 +77,7 @@ class ServerConfig:
     supervise_interval_s: float = 0.2
     pipelines: tuple[str, ...] = ("kame",)  # what /api/chat offers; the first is the default
     max_cascade_sessions: int = 4  # cascade sessions take no front-end slot: their own limit
+    audio_workers: int = 0  # processes encoding reply Opus (0: in this process); see audio_workers.py
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.pipelines if name not in PIPELINES]
@@ -89,6 +93,8 @@ class ServerConfig:
             raise ValueError(
                 "handshake_timeout_s > 0, drain_timeout_s >= 0 and max_failed_starts >= 1 are required"
             )
+        if self.audio_workers < 0:
+            raise ValueError(f"audio_workers must be >= 0, got {self.audio_workers}")
         if self.max_per_client is not None and self.max_per_client < 1:
             raise ValueError(f"max_per_client must be at least 1, got {self.max_per_client}")
 
@@ -140,13 +146,18 @@ class CapacityGate:
 
 
 class WebSocketOutput:
-    """A session's products, encoded and queued for one WebSocket (never blocks the session)."""
+    """A session's products, encoded and queued for one WebSocket (never blocks the session).
+
+    Reply audio goes through ``encoder`` (in this process, or a worker's stream: ``audio_workers``);
+    ``failure`` says why the session must end when its worker stopped."""
 
     def __init__(self, events: bool, max_outgoing: int) -> None:
         self.events = events
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max_outgoing)
-        self._writer = sphn.OpusStreamWriter(SAMPLE_RATE)
+        self.encoder: LocalEncoder | PooledEncoder = LocalEncoder(self.on_ogg)
         self.dropped = 0
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
 
     def _put(self, message: bytes, droppable: bool = False) -> None:
         if self.queue.full():
@@ -159,9 +170,17 @@ class WebSocketOutput:
         self.queue.put_nowait(message)
 
     def on_audio(self, pcm: np.ndarray) -> None:
-        ogg = self._writer.append_pcm(np.ascontiguousarray(pcm, dtype=np.float32))
-        if ogg:
-            self._put(protocol.audio_message(ogg), droppable=True)
+        if not self.encoder.encode(pcm):
+            self.dropped += 1
+
+    def on_ogg(self, ogg: bytes) -> None:
+        self._put(protocol.audio_message(ogg), droppable=True)
+
+    def fail(self, why: str) -> None:
+        """The encoder cannot go on (its worker stopped): the session must end."""
+        self.failure = self.failure or why
+        if self.on_failure is not None:
+            self.on_failure(why)
 
     def on_text(self, piece: str) -> None:
         self._put(protocol.text_message(piece))
@@ -171,6 +190,7 @@ class WebSocketOutput:
             self._put(protocol.metadata_message(event))
 
     def close(self) -> None:
+        self.encoder.close()
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
 
@@ -205,9 +225,11 @@ class KameServer:
         self.gate = CapacityGate(capacity, self.config.queue_size, self.config.when_full == "queue")
         self.cascade_gate = CapacityGate(self.config.max_cascade_sessions, 0, False)
         self.limiter = ClientLimiter(self.config.max_per_client)
+        self.encoders = ReplyEncoderPool(self.config.audio_workers) if self.config.audio_workers else None
         self.cpu = CpuMeter(
             lambda: self.stepper.stats.frames if self.stepper is not None else 0,
             lambda: self.stepper.pid if self.stepper is not None else None,
+            lambda: self.encoders.pids if self.encoders is not None else [],
         )
         self.sessions: dict[str, Session | CascadeSession] = {}
         self._sockets: dict[str, tuple[web.WebSocketResponse, WebSocketOutput]] = {}
@@ -223,6 +245,7 @@ class KameServer:
         self._supervisor: asyncio.Task[None] | None = None
         self._last_start = 0.0
         self._crashes_soon_after_start = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -242,6 +265,8 @@ class KameServer:
             await self.backend.load()
         if self.cascade is not None:
             await self.cascade.load()
+        if self.encoders is not None:
+            await asyncio.to_thread(self.encoders.start)
         if self.stepper is not None:  # a child process may take a while to load the model
             await asyncio.to_thread(self.stepper.start)
         self.state = "ok"
@@ -256,6 +281,8 @@ class KameServer:
         await self._end_sessions("server shutdown", "the server is shutting down")
         if self.stepper is not None:
             await asyncio.to_thread(self.stepper.stop)
+        if self.encoders is not None:
+            await asyncio.to_thread(self.encoders.stop)
         if self.backend is not None:
             await self.backend.aclose()
         if self.cascade is not None and (self.backend is None or self.cascade.llm is not self.backend.llm):
@@ -292,6 +319,12 @@ class KameServer:
             await _close_with_error(ws, message)
 
         await asyncio.gather(*(end(session, ws) for _, session, ws in entries), return_exceptions=True)
+
+    def _spawn(self, coroutine: Any) -> None:
+        """Run ``coroutine`` as a task that is kept until it ends (the loop holds tasks weakly)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- the supervisor -----------------------------------------------------------------------------
     async def _supervise(self) -> None:
@@ -505,6 +538,9 @@ class KameServer:
     async def _serve(self, ws: web.WebSocketResponse, events: bool, pipeline: str = "kame") -> None:
         session_id = f"s{next(self._ids)}"
         output = WebSocketOutput(events, self.config.max_outgoing)
+        if self.encoders is not None:
+            output.encoder = self.encoders.open(output.on_ogg, output.fail)
+        output.on_failure = lambda why: self._spawn(_close_with_error(ws, why))
         timeline_path = None
         if self.config.timeline_dir:
             timeline_path = str(Path(self.config.timeline_dir) / f"{session_id}-{int(time.time())}.jsonl")
@@ -549,6 +585,8 @@ class KameServer:
                 )  # fmt: skip
             )
             reason = await self._receive_loop(ws, session)
+            if output.failure is not None:
+                reason = "server error"
         except protocol.ProtocolError as exc:
             reason = "protocol error"
             await _close_with_error(ws, str(exc))

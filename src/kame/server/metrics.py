@@ -152,7 +152,8 @@ class ServerMetrics:
         self.cpu_per_frame = Gauge(
             "kame_cpu_ms_per_session_frame",
             "CPU milliseconds per session-frame over the last ~10 s, by process (server: WebSockets, Opus, "
-            "sessions, back-end; frontend: the frame-clock child, when there is one)",
+            "sessions, back-end; frontend: the frame-clock child, when there is one; audio: the Opus "
+            "workers, with --audio-workers)",
             ["process"], registry=r,
         )  # fmt: skip
         self.cpu_seconds = Gauge(
@@ -207,6 +208,7 @@ class CpuSample:
     at: float  # monotonic seconds
     server_s: float  # CPU seconds of this process (every thread)
     frontend_s: float  # CPU seconds of the frame-clock child process (0 without one)
+    audio_s: float  # CPU seconds of the audio workers, those that stopped included (0 without any)
     frames: int  # session-frames stepped so far
 
 
@@ -224,10 +226,16 @@ class CpuMeter:
     """CPU time per session-frame of the server process and of the frame-clock child."""
 
     def __init__(
-        self, frames: Callable[[], int], child_pid: Callable[[], int | None], window_s: float = 10.0
+        self,
+        frames: Callable[[], int],
+        child_pid: Callable[[], int | None],
+        worker_pids: Callable[[], list[int]] = list,
+        window_s: float = 10.0,
     ):
         self._frames = frames
         self._child_pid = child_pid
+        self._worker_pids = worker_pids
+        self._workers: dict[int, float] = {}  # pid -> its last CPU seconds (kept once it stops)
         self._window_s = window_s
         self._child_base = 0.0  # CPU of children that died (a restarted front-end starts at 0 again)
         self._child_last = 0.0
@@ -241,9 +249,12 @@ class CpuMeter:
             self._child_last, self._pid = 0.0, pid
         if pid is not None:
             self._child_last = max(self._child_last, process_cpu_s(pid))
+        for worker in self._worker_pids():
+            self._workers[worker] = max(self._workers.get(worker, 0.0), process_cpu_s(worker))
         return CpuSample(
-            time.monotonic(), time.process_time(), self._child_base + self._child_last, self._frames()
-        )
+            time.monotonic(), time.process_time(), self._child_base + self._child_last,
+            sum(self._workers.values()), self._frames(),
+        )  # fmt: skip
 
     def update(self, metrics: ServerMetrics) -> None:
         """Take a sample and set the gauges over the window (called every second or so)."""
@@ -253,8 +264,10 @@ class CpuMeter:
             self._samples.popleft()
         metrics.cpu_seconds.labels("server").set(now.server_s)
         metrics.cpu_seconds.labels("frontend").set(now.frontend_s)
+        metrics.cpu_seconds.labels("audio").set(now.audio_s)
         first = self._samples[0]
         frames = now.frames - first.frames
         if frames > 0:
             metrics.cpu_per_frame.labels("server").set(1e3 * (now.server_s - first.server_s) / frames)
             metrics.cpu_per_frame.labels("frontend").set(1e3 * (now.frontend_s - first.frontend_s) / frames)
+            metrics.cpu_per_frame.labels("audio").set(1e3 * (now.audio_s - first.audio_s) / frames)
