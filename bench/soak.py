@@ -86,7 +86,8 @@ class FaultyLLM:
             if i == 2 and fate == "stall":
                 await asyncio.sleep(60)  # the oracle engine gives up on it or moves on
             if i == 2 and fate == "die":
-                request.transport.close()
+                if request.transport is not None:  # None when the client already left
+                    request.transport.close()
                 return
         await response.write(b"data: [DONE]\n\n")
 

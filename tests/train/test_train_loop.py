@@ -118,3 +118,26 @@ def test_plain_moshi_init_gets_its_oracle_embedding_from_the_text_embedding(
     trained = load_frontend(tmp_path / "from-plain")
     assert not torch.equal(trained.lm.oracle_emb.weight, weights["text_emb.weight"])
     assert trained.lm.text_card == trainer.model.text_card
+
+
+def test_muted_audio_steps_see_no_audio_then_all_of_it(tmp_path, dataset):
+    """``mute_audio_steps``: the LM's audio inputs and targets are moshi's zero token, so a muted step
+    is a text-and-oracle step (the same loss as a forward pass with the audio blanked by hand)."""
+    from kame.train.collate import ZERO, collate
+    from kame.train.losses import compute_losses
+
+    trainer = _trainer(tmp_path, dataset, "mute", steps=2, mute_audio_steps=1, batch_size=2)
+    codes, oracle = collate(trainer.samples(0))
+    blanked = codes.clone()
+    blanked[:, 1:] = ZERO
+    with torch.no_grad():
+        output = trainer.model(blanked, oracle=oracle)
+        expected = compute_losses(output, blanked, trainer.model.dep_q, trainer.weights)
+    depformer = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("depformer")}
+    muted = trainer.train_step()
+    assert muted["audio_muted"] and muted["audio_loss"] == 0.0
+    assert muted["text_loss"] == pytest.approx(float(expected.text_loss), rel=1e-5) and muted["text_loss"] > 0
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in depformer.items())  # nothing to predict: no update
+    heard = trainer.train_step()
+    assert not heard["audio_muted"] and heard["audio_loss"] > 0

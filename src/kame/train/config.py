@@ -49,6 +49,7 @@ class TrainConfig:
     drop_events: tuple[float, float] | None = (0.1, 0.7)
     oracle_lag: tuple[int, int] | None = (3, 13)
     oracle_lead: tuple[int, int] | None = None
+    mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
     save_every: int = 100
     keep_states: int = 3
     log_every: int = 10
@@ -97,6 +98,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"drop-events {list(self.drop_events)}: write [low, high] with 0 <= low <= high <= 1"
                 )
+        if int(self.mute_audio_steps) < 0:
+            raise ConfigError(f"--mute-audio-steps must be >= 0, got {self.mute_audio_steps}")
         for name in ("oracle_lag", "oracle_lead"):
             value = getattr(self, name)
             if value is not None and not 0 <= value[0] <= value[1]:
@@ -142,10 +145,13 @@ _HELP = {
     "lora-rank": "train LoRA adapters of this rank (moshi's LoRALinear on every linear layer) instead of "
     "all weights; the oracle embedding trains fully beside them",
     "lora-scaling": "LoRA scaling (the adapter's output is multiplied by it)",
+    "mute-audio-steps": "for the first N steps the LM gets no audio (its audio inputs and targets are "
+    "moshi's zero token): a small model from random weights then learns to copy its oracle before it can "
+    "memorise dialogues by their sound; audio and its loss come in after",
     "seed": "seed of the data order, crops, augmentations and the initial weights of random:PRESET",
 }
 _CLI = ("steps", "batch_size", "seq_len", "lr", "warmup", "save_every", "log_every", "eval_every", "seed",
-        "lora_rank", "lora_scaling")  # fmt: skip
+        "lora_rank", "lora_scaling", "mute_audio_steps")  # fmt: skip
 
 
 def _flag(name: str) -> str:

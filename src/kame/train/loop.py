@@ -41,7 +41,7 @@ from kame.frontend.checkpoint import (
     save_checkpoint,
 )
 from kame.train import lora as lora_files
-from kame.train.collate import Augment, SampleOrder, collate, make_sample, sample_rng
+from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample, sample_rng
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
 from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
@@ -262,8 +262,11 @@ class Trainer:
         chunks = [samples[i : i + micro] for i in range(0, len(samples), micro)]
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
+        muted = self.step < config.mute_audio_steps
         for chunk in chunks:
             codes, oracle = (t.to(self.device) for t in collate(chunk))
+            if muted:  # moshi's zero token: a zero input embedding and no loss on those positions
+                codes[:, 1:] = ZERO
             with self._autocast():
                 output = self.model(codes, oracle=oracle)
             losses = compute_losses(output, codes, self.model.dep_q, self.weights)
@@ -277,7 +280,7 @@ class Trainer:
         self.step += 1
         totals = self.world.mean(totals, self.device)
         frames = self.world.total(sum(s.frames for s in samples), self.device)
-        return {**totals, "lr": lr, "grad_norm": float(grad_norm), "frames": frames}
+        return {**totals, "lr": lr, "grad_norm": float(grad_norm), "frames": frames, "audio_muted": muted}
 
     # --- evaluation ---------------------------------------------------------------------------------
 
