@@ -38,20 +38,28 @@ def test_sample_frame_by_frame(dataset, frontend, records):
         sample = make_sample(record, seq_len, tokenizer, START, Augment(), None)
         codes, n = sample.codes, record.frames
         assert sample.start == 0 and sample.frames == n and codes.shape == (17, seq_len)
-        # text: each assistant word's tokens from its start frame (or the first free one), 0 just before
+        # text: each assistant word's tokens, as written in its turn (punctuation attached), from its
+        # start frame (or the first free one), 0 just before
         meta = audio[record.id].meta
         text = codes[0, :n].tolist()
+        written = [
+            token
+            for turn in meta["turns"]
+            if turn["speaker"] == "assistant"
+            for token in turn["text"].split()
+            if any(ch.isalnum() for ch in token)
+        ]
+        assert len(written) == len(meta["assistant_words"])
         cursor = 0
-        for word in meta["assistant_words"]:
-            tokens = tokenizer.encode(word["word"])
+        for word, spelt in zip(meta["assistant_words"], written, strict=True):
+            assert word["word"] in spelt
+            tokens = tokenizer.encode(spelt)
             first = max(int(word["start"] * 12.5), cursor)
             assert text[first : first + len(tokens)] == tokens, word
             if first > 0 and first - 1 >= cursor:
                 assert text[first - 1] == END_OF_PAD
             cursor = first + len(tokens)
-        assert sum(t not in (PAD, END_OF_PAD) for t in text) == sum(
-            len(tokenizer.encode(w["word"])) for w in meta["assistant_words"]
-        )
+        assert sum(t not in (PAD, END_OF_PAD) for t in text) == sum(len(tokenizer.encode(w)) for w in written)
         # audio: the channels' Mimi codes, assistant first (the model's own 8), then the user's 8
         assistant = fresh.encode(audio[record.id].assistant, meta["sample_rate"])
         user = fresh.encode(audio[record.id].user, meta["sample_rate"])

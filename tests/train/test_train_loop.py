@@ -141,3 +141,14 @@ def test_muted_audio_steps_see_no_audio_then_all_of_it(tmp_path, dataset):
     assert all(torch.equal(state[k], v) for k, v in depformer.items())  # nothing to predict: no update
     heard = trainer.train_step()
     assert not heard["audio_muted"] and heard["audio_loss"] > 0
+
+
+def test_a_random_start_is_set_up_to_find_its_oracle(tmp_path, dataset):
+    """``--init random:PRESET`` starts as ``kame.train.random_start`` says: the oracle table copies the
+    text table (the released upgrade rule), the text head is tied to it, and the audio tables are zero."""
+    trainer = _trainer(tmp_path, dataset, "start", steps=1)
+    lm = trainer.model
+    assert torch.equal(lm.oracle_emb.weight, lm.text_emb.weight)
+    assert torch.equal(lm.text_linear.weight, lm.text_emb.weight[: lm.text_card])
+    assert all(not table.weight.any() for table in lm.emb)
+    assert lm.text_emb.weight.std() > 0.01  # the rest stays moshi's random initialisation

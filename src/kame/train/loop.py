@@ -44,6 +44,7 @@ from kame.train import lora as lora_files
 from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample, sample_rng
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
+from kame.train.random_start import prepare_random_start
 from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
 from kame.train.losses import TEXT_PAD, LossWeights, compute_losses
 from kame.train.state import RunError, RunFolder
@@ -65,10 +66,12 @@ class Initial:
 
 
 def load_initial(spec: str, device: torch.device, seed: int, dtype: torch.dtype = torch.float32) -> Initial:
-    """``--init``: a checkpoint folder, ``hf://owner/name``, ``tiny`` or ``random:PRESET``."""
+    """``--init``: a checkpoint folder, ``hf://owner/name``, ``tiny`` or ``random:PRESET`` (which starts
+    as ``kame.train.random_start`` says)."""
     if spec.startswith("random:"):
         preset = spec.removeprefix("random:")
         frontend = random_frontend(preset, device=device, dtype=dtype, seed=seed)
+        prepare_random_start(frontend.lm)
         proto = frontend.tokenizer.serialized_model_proto() if frontend.tokenizer is not None else b""
         return Initial(frontend, proto, presets.mimi_config(preset))
     if spec == "tiny":
