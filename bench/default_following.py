@@ -38,9 +38,10 @@ def main() -> int:
     parser.add_argument("--temp-text", type=float, help="text temperature (default: the checkpoint's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from kame.audio.io import MODEL_SAMPLE_RATE, resample, write_wav
+    from kame.audio.io import resample, write_wav
     from kame.audio.tts import create_tts
     from kame.eval.following import last_oracle_following
+    from kame.frames import SAMPLE_RATE
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_TORCH_COMPILE": "1"}
     rows = []
@@ -49,7 +50,7 @@ def main() -> int:
         for index, question in enumerate(QUESTIONS):
             speech = tts.synthesize(question)
             wav = Path(scratch) / f"q{index}.wav"
-            write_wav(wav, resample(speech.audio, speech.sample_rate, MODEL_SAMPLE_RATE))
+            write_wav(wav, resample(speech.audio, speech.sample_rate, SAMPLE_RATE))
             timeline = Path(scratch) / f"t{index}.jsonl"
             subprocess.run(
                 [sys.executable, "-m", "kame", "simulate", str(wav), "--frontend", args.frontend,
