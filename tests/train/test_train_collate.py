@@ -135,3 +135,32 @@ def test_crops_and_seeding_do_not_depend_on_batching(frontend, records):
         assert halves[0] + halves[1] == whole  # contiguous blocks: one process's micro-batches
     first_epoch = [order.at(i) for i in range(len(records))]
     assert sorted(index for _, index in first_epoch) == list(range(len(records)))  # each record once
+
+
+def test_decoys_are_guesses_replaced_by_the_records_own_oracles(frontend, records):
+    """``decoy_events``: wrong guesses before the record's first event, each replaced by a later oracle;
+    from that event on the stream is the record's own (replayed by inference's OracleTrack)."""
+    tokenizer = frontend.tokenizer
+    record = min(records, key=lambda r: len(r.events))
+    decoys = ("zebra quartz", "violet harbour")
+    augment = Augment(drop_events=None, oracle_lag=None, decoy_events=(2, 2), decoys=decoys)
+    own_first = min(int(e["frame"]) for e in record.events)
+    own = _replayed(record.events, record.frames, tokenizer)
+    seen = set()
+    for seed in range(20):
+        sample = make_sample(record, record.frames, tokenizer, START, augment, sample_rng(seed, 0, record.id))
+        stream = sample.oracle.tolist()
+        assert sample.kept_events == len(record.events) + 2
+        assert stream[own_first:] == own[own_first:]  # the record's oracles overwrite every decoy
+        starts = [i for i in range(own_first) if stream[i] == START]
+        assert 1 <= len(starts) <= 2 and all(own_first - 40 <= s for s in starts)
+        for s in starts:  # each decoy's tokens follow its start token until the next oracle starts
+            end = next((i for i in range(s + 1, record.frames) if stream[i] == START), record.frames)
+            text = next(
+                d
+                for d in decoys
+                if tokenizer.encode(d)[: end - s - 1] == stream[s + 1 : end][: len(tokenizer.encode(d))]
+            )
+            seen.add(text)
+    assert seen == set(decoys)
+    assert Augment().decoy_events is None  # off unless asked for

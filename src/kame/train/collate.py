@@ -9,6 +9,11 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   dropped with probability p (the released trainer's rule);
 - **back-end lag**: the whole stream is shifted *later* by k ~ U{oracle_lag} frames, as a live back-end
   delivers an oracle after the moment it describes (measured median 0.63 s, about 8 frames);
+- **decoys** (opt-in, ``decoy_events``, off by default): k ~ U{decoy_events} wrong guesses (the last
+  oracle of other records, drawn from ``decoys``) are inserted at random frames in the
+  ``DECOY_WINDOW`` frames before the record's own first event, so that each is replaced by a later
+  oracle, as a live back-end's early guesses are by its final answer. Data built with ``--oracles
+  verbatim`` has one oracle per question; this teaches its model to drop a guess for the newer oracle;
 - **lead** (opt-in, ``oracle_lead``, off by default): the released trainer also shifted the stream
   *earlier*, which shows the model oracle text before the words it was simulated from were heard.
   When both are set, each sample picks one direction at random, as the released trainer did.
@@ -31,6 +36,7 @@ from kame.data.frames import PAD, oracle_stream
 from kame.train.data import TrainRecord
 
 ZERO = -1  # moshi's zero token: embeds to zero and masks the loss (frames past a record's end)
+DECOY_WINDOW = 40  # frames (3.2 s) before a record's first oracle where its decoys may start
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class Augment:
     drop_events: tuple[float, float] | None = (0.1, 0.7)
     oracle_lag: tuple[int, int] | None = (3, 13)
     oracle_lead: tuple[int, int] | None = None
+    decoy_events: tuple[int, int] | None = None
+    decoys: tuple[str, ...] = ()  # texts to draw decoys from (other records' oracles)
 
     @classmethod
     def off(cls) -> Augment:
@@ -77,6 +85,13 @@ def augmented_oracle(
     if augment.drop_events is not None and len(events) > 1:
         p = rng.uniform(*augment.drop_events)
         events = [e for e in events[:-1] if rng.random() >= p] + [events[-1]]
+    if augment.decoy_events is not None and augment.decoys and events:
+        first = min(int(e["frame"]) for e in events)
+        count = rng.randint(*augment.decoy_events)
+        low = max(0, first - DECOY_WINDOW)
+        frames = sorted(rng.randint(low, first - 1) for _ in range(count)) if first > 0 else []
+        decoys = [{"frame": f, "text": rng.choice(augment.decoys), "decoy": True} for f in frames]
+        events = decoys + events
     stream = oracle_stream(events, record.frames, tokenizer, start_token)
     shifts = []
     if augment.oracle_lag is not None:

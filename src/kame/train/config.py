@@ -49,6 +49,7 @@ class TrainConfig:
     drop_events: tuple[float, float] | None = (0.1, 0.7)
     oracle_lag: tuple[int, int] | None = (3, 13)
     oracle_lead: tuple[int, int] | None = None
+    decoy_events: tuple[int, int] | None = None  # wrong guesses replaced by the record's own oracle
     mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
     save_every: int = 100
     keep_states: int = 3
@@ -100,7 +101,7 @@ class TrainConfig:
                 )
         if int(self.mute_audio_steps) < 0:
             raise ConfigError(f"--mute-audio-steps must be >= 0, got {self.mute_audio_steps}")
-        for name in ("oracle_lag", "oracle_lead"):
+        for name in ("oracle_lag", "oracle_lead", "decoy_events"):
             value = getattr(self, name)
             if value is not None and not 0 <= value[0] <= value[1]:
                 raise ConfigError(
@@ -221,12 +222,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     settings["data"] = _split(settings["data"])
     if settings.get("eval_data") is not None:
         settings["eval_data"] = _split(settings["eval_data"])
-    for name in ("betas", "drop_events", "oracle_lag", "oracle_lead"):
+    for name in ("betas", "drop_events", "oracle_lag", "oracle_lead", "decoy_events"):
         value = settings.get(name)
         if value is not None:
             if not isinstance(value, list | tuple) or len(value) != 2:
                 raise ConfigError(f"{name}: write a pair [low, high], got {value!r}")
-            kind = int if name in ("oracle_lag", "oracle_lead") else float
+            kind = int if name in ("oracle_lag", "oracle_lead", "decoy_events") else float
             settings[name] = (kind(value[0]), kind(value[1]))
     try:
         config = TrainConfig(**settings)

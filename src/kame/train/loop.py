@@ -44,9 +44,9 @@ from kame.train import lora as lora_files
 from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample, sample_rng
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
-from kame.train.random_start import prepare_random_start
 from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
 from kame.train.losses import TEXT_PAD, LossWeights, compute_losses
+from kame.train.random_start import prepare_random_start
 from kame.train.state import RunError, RunFolder
 
 BASE_FOLDER = "base"
@@ -181,7 +181,12 @@ class Trainer:
             else:
                 self.base_files = self._base_files() if self.lora else {}
         self.order = SampleOrder([r.id for r in self.records], config.seed)
-        self.augment = Augment(config.drop_events, config.oracle_lag, config.oracle_lead)
+        decoys = ()  # other records' last oracles, for decoy_events
+        if config.decoy_events:
+            decoys = tuple(str(r.events[-1]["text"]) for r in self.records if r.events)
+        self.augment = Augment(
+            config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys
+        )
         self.weights = LossWeights(
             config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
         )
