@@ -140,7 +140,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/kame-oracle-following"))
-    parser.add_argument("--train-count", type=int, default=12000, help="training dialogues (default 12000)")
+    parser.add_argument("--train-count", type=int, default=4000, help="training dialogues (default 4000)")
     parser.add_argument("--held-count", type=int, default=60, help="held-out questions (default 60)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "train" / "tiny.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
