@@ -44,7 +44,7 @@ from kame.runtime.backend import Backend
 from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
-from kame.server import protocol
+from kame.server import heap, protocol
 from kame.server.audio_workers import LocalEncoder, PooledEncoder, ReplyEncoderPool
 from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
@@ -78,6 +78,7 @@ class ServerConfig:
     pipelines: tuple[str, ...] = ("kame",)  # what /api/chat offers; the first is the default
     max_cascade_sessions: int = 4  # cascade sessions take no front-end slot: their own limit
     audio_workers: int = 0  # processes encoding reply Opus (0: in this process); see audio_workers.py
+    trim_heap_s: float | None = 10.0  # after a session ends, return free heap pages (at most this often)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.pipelines if name not in PIPELINES]
@@ -246,6 +247,7 @@ class KameServer:
         self._last_start = 0.0
         self._crashes_soon_after_start = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._last_trim = -float("inf")
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -610,6 +612,15 @@ class KameServer:
                     await asyncio.wait_for(sender, timeout=2.0)
             if not ws.closed:
                 await ws.close()
+            self._trim_heap()
+
+    def _trim_heap(self) -> None:
+        """A session's buffers are free now: give their pages back (heap.py says why), in a thread."""
+        interval = self.config.trim_heap_s
+        if interval is None or time.monotonic() - self._last_trim < interval:
+            return
+        self._last_trim = time.monotonic()
+        self._spawn(asyncio.to_thread(heap.trim))
 
     async def _receive_loop(self, ws: web.WebSocketResponse, session: Session | CascadeSession) -> str:
         reader = sphn.OpusStreamReader(SAMPLE_RATE)
