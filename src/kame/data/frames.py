@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kame.audio.tts.words import written_words
+from kame.audio.tts.words import text_words
 from kame.data.dataset import Record, read_records
 from kame.frames import FRAME_RATE, SAMPLE_RATE
 from kame.frontend.oracle_track import render_oracle_stream
@@ -89,7 +89,7 @@ def monologue_words(meta: dict[str, Any], speaker: str) -> list[dict[str, Any]]:
         return list(meta[f"{speaker}_words"])
     for turn in turns:
         timed = list(turn.get("words") or [])
-        written = written_words(str(turn.get("text", "")))
+        written = text_words(str(turn.get("text", "")))
         lined_up = len(written) == len(timed) and all(
             w.word == str(t["word"]) for w, t in zip(written, timed, strict=True)
         )

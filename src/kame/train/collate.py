@@ -90,7 +90,7 @@ def augmented_oracle(
         count = rng.randint(*augment.decoy_events)
         low = max(0, first - DECOY_WINDOW)
         frames = sorted(rng.randint(low, first - 1) for _ in range(count)) if first > 0 else []
-        decoys = [{"frame": f, "text": rng.choice(augment.decoys), "decoy": True} for f in frames]
+        decoys = [{"frame": f, "text": rng.choice(augment.decoys)} for f in frames]
         events = decoys + events
     stream = oracle_stream(events, record.frames, tokenizer, start_token)
     shifts = []

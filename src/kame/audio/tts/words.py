@@ -19,10 +19,11 @@ class TextWord:
     word: str
     start: int  # character offsets of the word in the text (end exclusive)
     end: int
+    written: str  # its whitespace-separated token, punctuation included ("France?"), as a monologue spells it
 
 
 def text_words(text: str) -> list[TextWord]:
-    """The words of ``text`` with their character spans."""
+    """The words of ``text`` with their character spans and the tokens they were written in."""
     words = []
     for match in _TOKEN.finditer(text):
         token = match.group()
@@ -31,24 +32,8 @@ def text_words(text: str) -> list[TextWord]:
             continue
         offset = token.find(core)
         start = match.start() + offset
-        words.append(TextWord(core, start, start + len(core)))
+        words.append(TextWord(core, start, start + len(core), token))
     return words
-
-
-@dataclass(frozen=True)
-class WrittenWord:
-    word: str  # the bare word, as TTS word times name it
-    written: str  # its whitespace-separated token, punctuation included ("France?")
-
-
-def written_words(text: str) -> list[WrittenWord]:
-    """The words of ``text`` beside the tokens they were written in (for an inner monologue)."""
-    out = []
-    for match in _TOKEN.finditer(text):
-        core = _EDGE.sub("", match.group())
-        if core:
-            out.append(WrittenWord(core, match.group()))
-    return out
 
 
 def spoken_words(text: str) -> list[str]:
