@@ -51,6 +51,20 @@ def test_oracle_changes_forward_only_after_it_is_fed(tiny_frontend):
     assert not torch.allclose(a[6], b[6])
 
 
+def test_text_only_forward_gives_stock_text_logits_and_scores_no_audio(tiny_frontend):
+    lm = tiny_frontend.lm
+    plain = _plain_moshi(tiny_frontend)
+    codes = _random_codes(lm, batch=2, frames=16, seed=5)
+    with torch.no_grad():
+        text_only = lm(codes, oracle=torch.full((2, 16), ORACLE_ZERO), text_only=True)
+        ref = plain(codes)
+        full_after = lm(codes)  # the flag does not outlive its call
+    assert torch.equal(text_only.text_logits.nan_to_num(), ref.text_logits.nan_to_num())
+    assert torch.equal(text_only.text_mask, ref.text_mask)
+    assert text_only.logits.shape[:3] == ref.logits.shape[:3] and not text_only.mask.any()
+    assert torch.equal(full_after.logits.nan_to_num(), ref.logits.nan_to_num())
+
+
 def test_zero_oracle_streaming_equals_plain_moshi_lmgen(tiny_frontend):
     lm = tiny_frontend.lm
     plain = _plain_moshi(tiny_frontend)

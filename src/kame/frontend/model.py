@@ -70,6 +70,7 @@ class OracleLMModel(LMModel):
         if self.oracle_emb.weight.device.type != "meta":
             _init_layer(self.oracle_emb)
         self._teacher_forced_oracle: torch.Tensor | None = None
+        self._text_only = False
 
     def _init_streaming_state(self, batch_size: int) -> OracleLMState:
         return OracleLMState(batch_size, next(iter(self.parameters())).device)
@@ -107,10 +108,23 @@ class OracleLMModel(LMModel):
         codes: torch.Tensor,
         condition_tensors=None,
         oracle: torch.Tensor | None = None,
+        *,
+        text_only: bool = False,
     ) -> LMOutput:
-        """Teacher-forced forward pass; ``oracle`` is ``[B, T]``, frame-aligned with ``codes``."""
-        with compile_policy(codes.device):
-            return self._forward(codes, condition_tensors, oracle)
+        """Teacher-forced forward pass; ``oracle`` is ``[B, T]``, frame-aligned with ``codes``.
+
+        ``text_only`` skips the depformer, for a loss with no audio term (the trainer's muted steps,
+        about a third of a tiny step's time): ``logits`` is then ``[B, dep_q, T, 0]`` and ``mask`` all
+        false, so no audio position is ever scored."""
+        self._text_only = text_only
+        try:
+            with compile_policy(codes.device):
+                output = self._forward(codes, condition_tensors, oracle)
+        finally:
+            self._text_only = False
+        if text_only:
+            output = LMOutput(output.logits, torch.zeros_like(output.mask), output.text_logits, output.text_mask)
+        return output
 
     def _forward(self, codes: torch.Tensor, condition_tensors, oracle: torch.Tensor | None) -> LMOutput:
         if oracle is None:
@@ -130,6 +144,12 @@ class OracleLMModel(LMModel):
             return super().forward(codes, condition_tensors)
         finally:
             self._teacher_forced_oracle = None
+
+    def forward_depformer_training(self, sequence: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        if self._text_only:
+            batch, _, steps = sequence.shape
+            return transformer_out.new_zeros(batch, self.dep_q, steps, 0)
+        return super().forward_depformer_training(sequence, transformer_out)
 
     def forward_text(
         self,

@@ -276,7 +276,7 @@ class Trainer:
             if muted:  # moshi's zero token: a zero input embedding and no loss on those positions
                 codes[:, 1:] = ZERO
             with self._autocast():
-                output = self.model(codes, oracle=oracle)
+                output = self.model(codes, oracle=oracle, text_only=muted)
             losses = compute_losses(output, codes, self.model.dep_q, self.weights)
             (losses.loss / len(chunks)).backward()
             for key in totals:
