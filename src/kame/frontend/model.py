@@ -123,7 +123,9 @@ class OracleLMModel(LMModel):
         finally:
             self._text_only = False
         if text_only:
-            output = LMOutput(output.logits, torch.zeros_like(output.mask), output.text_logits, output.text_mask)
+            output = LMOutput(
+                output.logits, torch.zeros_like(output.mask), output.text_logits, output.text_mask
+            )
         return output
 
     def _forward(self, codes: torch.Tensor, condition_tensors, oracle: torch.Tensor | None) -> LMOutput:
@@ -145,7 +147,9 @@ class OracleLMModel(LMModel):
         finally:
             self._teacher_forced_oracle = None
 
-    def forward_depformer_training(self, sequence: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+    def forward_depformer_training(
+        self, sequence: torch.Tensor, transformer_out: torch.Tensor
+    ) -> torch.Tensor:
         if self._text_only:
             batch, _, steps = sequence.shape
             return transformer_out.new_zeros(batch, self.dep_q, steps, 0)
