@@ -59,18 +59,18 @@ def text_loss(
 def audio_loss(
     output: LMOutput, audio: torch.Tensor, semantic_weight: float, acoustic_weight: float
 ) -> torch.Tensor:
-    """``audio`` is ``[B, dep_q, T]``, the model's own codebooks (the targets of ``output.logits``)."""
-    weighted, weight = output.logits.new_zeros((), dtype=torch.float32), 0.0
-    for k in range(output.logits.shape[1]):
-        mask = output.mask[:, k]
-        count = int(mask.sum())
-        if count == 0:
-            continue
-        ce = F.cross_entropy(output.logits[:, k][mask].float(), audio[:, k][mask], reduction="sum")
-        w = semantic_weight if k == 0 else acoustic_weight
-        weighted = weighted + w * ce
-        weight += w * count
-    return weighted / weight if weight else weighted
+    """``audio`` is ``[B, dep_q, T]``, the model's own codebooks (the targets of ``output.logits``).
+
+    One masked selection over every codebook: a selection per codebook made autograd fill a zero
+    tensor of the whole logits' size for each of them, over half of a tiny training step."""
+    mask = output.mask
+    if not mask.any():
+        return output.logits.new_zeros((), dtype=torch.float32)
+    ce = F.cross_entropy(output.logits[mask].float(), audio[mask], reduction="none")
+    per_codebook = torch.full((mask.shape[1],), float(acoustic_weight), device=ce.device)
+    per_codebook[0] = semantic_weight
+    weight = per_codebook.view(1, -1, 1).expand_as(mask)[mask]
+    return (ce * weight).sum() / weight.sum()
 
 
 def compute_losses(output: LMOutput, codes: torch.Tensor, dep_q: int, weights: LossWeights) -> Losses:
