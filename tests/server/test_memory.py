@@ -12,8 +12,8 @@ import weakref
 import pytest
 from test_server import running_server, talk
 
+from kame import heap
 from kame.runtime.backend import Backend, BackendSpec
-from kame.server import heap
 
 
 def test_a_closed_session_leaves_nothing_behind(tiny_checkpoint, question):
@@ -62,7 +62,7 @@ def test_a_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap():
     from the heap (where it fragments it); after ``fix_mmap_threshold`` it is mapped again."""
     script = """
 import ctypes, sys
-from kame.server import heap
+from kame import heap
 class MallInfo(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]

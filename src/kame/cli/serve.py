@@ -92,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from kame.server import heap
+    from kame import heap
 
     heap.fix_mmap_threshold()  # before the models load: a long-running server's RSS stays flat
     import torch

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from kame import heap
     from kame.frontend.checkpoint import CheckpointError
     from kame.train.config import ConfigError, build_config
     from kame.train.data import DataError
@@ -29,6 +30,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        if config.device == "cpu":
+            heap.keep_blocks_in_heap()  # the step's large tensors stay mapped (heap.py: 25 % faster)
         last = train(config)
     except (ConfigError, DataError, RunError, CheckpointError) as exc:
         raise UserError(str(exc)) from exc

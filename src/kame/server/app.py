@@ -30,6 +30,7 @@ import numpy as np
 import sphn
 from aiohttp import WSMsgType, web
 
+from kame import heap
 from kame.events import (
     LiveEvent,
     MetricsUpdate,
@@ -44,7 +45,7 @@ from kame.runtime.backend import Backend
 from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
-from kame.server import heap, protocol
+from kame.server import protocol
 from kame.server.audio_workers import LocalEncoder, PooledEncoder, ReplyEncoderPool
 from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
