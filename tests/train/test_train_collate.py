@@ -161,3 +161,35 @@ def test_decoys_are_guesses_replaced_by_the_records_own_oracles(frontend, record
             seen.add(next(d for d, tokens in encoded.items() if tokens[: len(fed)] == fed[: len(tokens)]))
     assert seen == set(decoys)
     assert Augment().decoy_events is None  # off unless asked for
+
+
+def test_prefix_decoys_start_like_the_records_own_oracle_then_go_wrong(frontend, records):
+    """``decoy_prefix``: a live back-end's early guesses share the final answer's first words, so such a
+    decoy is the record's first 1-6 words (never all of them) followed by another oracle's words."""
+    import random
+
+    from kame.train.collate import augmented_oracle, near_miss
+
+    own, other = "The answer to this question is two", "It is blue and nine and seven more"
+    made = {near_miss(own, other, random.Random(seed)) for seed in range(200)}
+    expected = {" ".join(own.split()[:k] + other.split()[k:]) for k in range(1, 7)}
+    assert made == expected  # every cut from 1 to 6 words, each continued by the other's words
+    assert near_miss("Paris", other, random.Random(0)) == other  # nothing to share but the whole answer
+    assert near_miss(own, "Blue", random.Random(0)).split()[-1] == "Blue"
+
+    tokenizer = frontend.tokenizer
+    record = next(r for r in records if len(str(r.events[-1]["text"]).split()) >= 3)
+    first_word = tokenizer.encode(str(record.events[-1]["text"]).split()[0])
+    augment = Augment(
+        drop_events=None, oracle_lag=None, decoy_events=(1, 1), decoys=(other,), decoy_prefix=1.0
+    )
+    own_first = min(int(e["frame"]) for e in record.events)
+    checked = 0
+    for seed in range(20):
+        stream, _, kept = augmented_oracle(record, tokenizer, START, augment, sample_rng(seed, 0, record.id))
+        start = stream.index(START)
+        assert kept == len(record.events) + 1 and start < own_first
+        if own_first - start > len(first_word):  # room for its first word before the record's own oracle
+            assert stream[start + 1 : start + 1 + len(first_word)] == first_word  # the guess starts right
+            checked += 1
+    assert checked >= 10

@@ -13,7 +13,11 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   oracle of other records, drawn from ``decoys``) are inserted at random frames in the
   ``DECOY_WINDOW`` frames before the record's own first event, so that each is replaced by a later
   oracle, as a live back-end's early guesses are by its final answer. Data built with ``--oracles
-  verbatim`` has one oracle per question; this teaches its model to drop a guess for the newer oracle;
+  verbatim`` has one oracle per question; this teaches its model to drop a guess for the newer oracle.
+  A share ``decoy_prefix`` of them start with the first 1-6 words of the record's own oracle and go on
+  with the other record's words, as a live back-end's guesses from partial transcripts do ("The answer
+  is 12." then "The answer to this question is 2."): the model must follow the newest oracle, not any
+  earlier one that holds the word it has just said;
 - **lead** (opt-in, ``oracle_lead``, off by default): the released trainer also shifted the stream
   *earlier*, which shows the model oracle text before the words it was simulated from were heard.
   When both are set, each sample picks one direction at random, as the released trainer did.
@@ -46,6 +50,7 @@ class Augment:
     oracle_lead: tuple[int, int] | None = None
     decoy_events: tuple[int, int] | None = None
     decoys: tuple[str, ...] = ()  # texts to draw decoys from (other records' oracles)
+    decoy_prefix: float = 0.0  # share of decoys that start like the record's own oracle
 
     @classmethod
     def off(cls) -> Augment:
@@ -77,6 +82,17 @@ def shift_stream(stream: list[int], shift: int, pad: int = PAD) -> list[int]:
     return list(stream)
 
 
+def near_miss(own: str, other: str, rng: random.Random, longest: int = 6) -> str:
+    """A wrong guess that starts right: the first 1-``longest`` words of ``own`` (not all of them), then
+    ``other``'s words from that point on (all of ``other`` when it is shorter)."""
+    own_words, other_words = own.split(), other.split()
+    if len(own_words) < 2:
+        return other
+    keep = rng.randint(1, min(longest, len(own_words) - 1))
+    rest = other_words[keep:] or other_words
+    return " ".join(own_words[:keep] + rest)
+
+
 def augmented_oracle(
     record: TrainRecord, tokenizer: Any, start_token: int, augment: Augment, rng: random.Random
 ) -> tuple[list[int], int, int]:
@@ -90,7 +106,13 @@ def augmented_oracle(
         count = rng.randint(*augment.decoy_events)
         low = max(0, first - DECOY_WINDOW)
         frames = sorted(rng.randint(low, first - 1) for _ in range(count)) if first > 0 else []
-        decoys = [{"frame": f, "text": rng.choice(augment.decoys)} for f in frames]
+        own = str(events[-1]["text"])
+        decoys = []
+        for frame in frames:
+            text = rng.choice(augment.decoys)
+            if rng.random() < augment.decoy_prefix:
+                text = near_miss(own, text, rng)
+            decoys.append({"frame": frame, "text": text})
         events = decoys + events
     stream = oracle_stream(events, record.frames, tokenizer, start_token)
     shifts = []

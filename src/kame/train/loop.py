@@ -185,8 +185,9 @@ class Trainer:
         if config.decoy_events:
             decoys = tuple(str(r.events[-1]["text"]) for r in self.records if r.events)
         self.augment = Augment(
-            config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys
-        )
+            config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys,
+            float(config.decoy_prefix),
+        )  # fmt: skip
         self.weights = LossWeights(
             config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
         )
