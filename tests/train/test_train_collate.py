@@ -193,3 +193,36 @@ def test_prefix_decoys_start_like_the_records_own_oracle_then_go_wrong(frontend,
             assert stream[start + 1 : start + 1 + len(first_word)] == first_word  # the guess starts right
             checked += 1
     assert checked >= 10
+
+
+def test_text_noise_changes_only_the_fed_back_words_never_the_targets(frontend, records):
+    """``text_noise``: word tokens fed back to the model are replaced at random (pads, end-of-padding and
+    the targets stay as they are), so it learns to find its place in the oracle after a wrong word."""
+    from kame.train.collate import FIRST_WORD_TOKEN, collate, model_inputs
+
+    record = max(records, key=lambda r: int((r.text >= FIRST_WORD_TOKEN).sum()))
+    clean = make_sample(
+        record, record.frames, frontend.tokenizer, START, Augment(), sample_rng(3, 0, record.id)
+    )
+    augment = Augment(text_noise=0.5)
+    noisy = make_sample(
+        record, record.frames, frontend.tokenizer, START, augment, sample_rng(3, 0, record.id)
+    )
+    assert torch.equal(noisy.codes, clean.codes) and torch.equal(noisy.oracle, clean.oracle)  # targets kept
+    text, fed = noisy.codes[0], noisy.text_input
+    words = text >= FIRST_WORD_TOKEN
+    assert torch.equal(fed[~words], text[~words])  # pads, end-of-padding and padding frames untouched
+    changed = int((fed[words] != text[words]).sum())
+    assert 0.2 * int(words.sum()) <= changed <= 0.8 * int(words.sum())
+    assert int(fed.max()) < START and int(fed[words].min()) >= FIRST_WORD_TOKEN
+    codes, _ = collate([noisy, clean])
+    inputs = model_inputs(codes, [noisy, clean])
+    assert (
+        torch.equal(inputs[0, 0], fed)
+        and torch.equal(inputs[1], codes[1])
+        and torch.equal(inputs[0, 1:], codes[0, 1:])
+    )
+    assert model_inputs(codes, [clean, clean]) is codes  # no noise: nothing copied
+    assert (
+        make_sample(record, record.frames, frontend.tokenizer, START, augment, None).text_input is None
+    )  # eval

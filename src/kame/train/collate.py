@@ -18,6 +18,10 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   with the other record's words, as a live back-end's guesses from partial transcripts do ("The answer
   is 12." then "The answer to this question is 2."): the model must follow the newest oracle, not any
   earlier one that holds the word it has just said;
+- **text noise** (opt-in, ``text_noise``): that share of the assistant's word tokens *fed back* to the
+  model is replaced by random tokens, the targets staying clean. Teacher forcing only ever shows a
+  history that followed the oracle; live, the model samples its own words and one wrong piece must not
+  lose its place in the oracle. With noise it learns to find the oracle's next word after an error;
 - **lead** (opt-in, ``oracle_lead``, off by default): the released trainer also shifted the stream
   *earlier*, which shows the model oracle text before the words it was simulated from were heard.
   When both are set, each sample picks one direction at random, as the released trainer did.
@@ -51,6 +55,7 @@ class Augment:
     decoy_events: tuple[int, int] | None = None
     decoys: tuple[str, ...] = ()  # texts to draw decoys from (other records' oracles)
     decoy_prefix: float = 0.0  # share of decoys that start like the record's own oracle
+    text_noise: float = 0.0  # share of word tokens fed back as random tokens (targets unchanged)
 
     @classmethod
     def off(cls) -> Augment:
@@ -66,6 +71,7 @@ class Sample:
     oracle: torch.Tensor  # [seq_len]
     shift: int  # frames the oracle stream was moved (positive: later)
     kept_events: int
+    text_input: torch.Tensor | None = None  # [seq_len]: the text fed to the model, when it differs (noise)
 
 
 def sample_rng(seed: int, epoch: int, record_id: str) -> random.Random:
@@ -153,12 +159,38 @@ def make_sample(
     codes[1 + own :, :count] = record.user_codes[:, start:end]
     stream = torch.full((seq_len,), ZERO, dtype=torch.long)
     stream[:count] = torch.tensor(oracle[start:end], dtype=torch.long)
-    return Sample(record.id, start, count, codes, stream, shift, kept)
+    text_input = None
+    if rng is not None and augment.text_noise > 0:
+        text_input = noisy_text(codes[0], augment.text_noise, start_token, rng)
+    return Sample(record.id, start, count, codes, stream, shift, kept, text_input)
+
+
+FIRST_WORD_TOKEN = 4  # below: end-of-padding 0, 1, 2 and pad 3, never replaced
+
+
+def noisy_text(text: torch.Tensor, share: float, text_card: int, rng: random.Random) -> torch.Tensor:
+    """``text`` with each word token replaced, with probability ``share``, by a random word token."""
+    noisy = text.clone()
+    for position in range(len(noisy)):
+        if int(noisy[position]) >= FIRST_WORD_TOKEN and rng.random() < share:
+            noisy[position] = rng.randrange(FIRST_WORD_TOKEN, text_card)
+    return noisy
 
 
 def collate(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack samples into ``codes [B, 1 + n_q, T]`` and ``oracle [B, T]``."""
     return torch.stack([s.codes for s in samples]), torch.stack([s.oracle for s in samples])
+
+
+def model_inputs(codes: torch.Tensor, samples: Sequence[Sample]) -> torch.Tensor:
+    """The codes fed to the model: ``codes`` (the targets) with each sample's noisy text, if any."""
+    if all(s.text_input is None for s in samples):
+        return codes
+    inputs = codes.clone()
+    for row, sample in enumerate(samples):
+        if sample.text_input is not None:
+            inputs[row, 0] = sample.text_input.to(codes.device)
+    return inputs
 
 
 class SampleOrder:

@@ -51,6 +51,7 @@ class TrainConfig:
     oracle_lead: tuple[int, int] | None = None
     decoy_events: tuple[int, int] | None = None  # wrong guesses replaced by the record's own oracle
     decoy_prefix: float = 0.0  # share of decoys that start with the first words of the record's oracle
+    text_noise: float = 0.0  # share of word tokens fed back as random tokens, the targets kept clean
     mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
     save_every: int = 100
     keep_states: int = 3
@@ -102,8 +103,11 @@ class TrainConfig:
                 )
         if int(self.mute_audio_steps) < 0:
             raise ConfigError(f"--mute-audio-steps must be >= 0, got {self.mute_audio_steps}")
-        if not 0.0 <= float(self.decoy_prefix) <= 1.0:
-            raise ConfigError(f"decoy-prefix {self.decoy_prefix}: write a share between 0 and 1")
+        for name in ("decoy_prefix", "text_noise"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ConfigError(
+                    f"{name.replace('_', '-')} {getattr(self, name)}: write a share between 0 and 1"
+                )
         for name in ("oracle_lag", "oracle_lead", "decoy_events"):
             value = getattr(self, name)
             if value is not None and not 0 <= value[0] <= value[1]:

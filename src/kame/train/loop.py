@@ -41,7 +41,7 @@ from kame.frontend.checkpoint import (
     save_checkpoint,
 )
 from kame.train import lora as lora_files
-from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample, sample_rng
+from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample, model_inputs, sample_rng
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
 from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
@@ -186,7 +186,7 @@ class Trainer:
             decoys = tuple(str(r.events[-1]["text"]) for r in self.records if r.events)
         self.augment = Augment(
             config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys,
-            float(config.decoy_prefix),
+            float(config.decoy_prefix), float(config.text_noise),
         )  # fmt: skip
         self.weights = LossWeights(
             config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
@@ -277,7 +277,7 @@ class Trainer:
             if muted:  # moshi's zero token: a zero input embedding and no loss on those positions
                 codes[:, 1:] = ZERO
             with self._autocast():
-                output = self.model(codes, oracle=oracle, text_only=muted)
+                output = self.model(model_inputs(codes, chunk), oracle=oracle, text_only=muted)
             losses = compute_losses(output, codes, self.model.dep_q, self.weights)
             (losses.loss / len(chunks)).backward()
             for key in totals:
