@@ -92,3 +92,16 @@ def test_a_missing_shipped_default_is_an_error_not_random_weights(monkeypatch, t
     monkeypatch.setattr(checkpoint, "tiny_checkpoint_path", lambda: tmp_path / "absent")
     with pytest.raises(CheckpointError, match="random:tiny"):
         load_frontend("tiny")
+
+
+def test_its_sampling_is_the_checkpoints_wherever_it_runs():
+    """The shipped default samples its text at 0.2 (its config.json's lm_gen_config, written by
+    scripts/train_tiny_default.py); an engine made without explicit sampling uses it too."""
+    from kame.frontend.engine import FrontendEngine
+
+    shipped = load_frontend("tiny")
+    assert shipped.lm_gen_config == {"temp_text": 0.2}
+    with FrontendEngine(shipped, 1) as engine:
+        assert engine.generator.sampling.temp_text == 0.2 and engine.generator.sampling.top_k_text == 25
+    with FrontendEngine(load_frontend("random:tiny"), 1) as engine:
+        assert engine.generator.sampling.temp_text == 0.7  # moshi's default

@@ -50,6 +50,8 @@ class FrontendEngine:
             )
         self.max_sessions = max_sessions
         self.device = frontend.device
+        if sampling is None:  # the checkpoint's own sampling (its lm_gen_config), as the CLI commands use
+            sampling = SamplingConfig.merged(frontend.lm_gen_config)
         self.generator = OracleGenerator(
             frontend.lm, frontend.tokenizer, max_sessions, sampling, oracle_stream=oracle_stream
         )
