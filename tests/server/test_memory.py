@@ -85,3 +85,45 @@ print(libc.mallinfo2().hblkhd - before >= size)
     }
     assert mapped == {"default": "False", "fixed": "True"}
     assert isinstance(heap.trim(), bool)
+
+
+ARENAS = """
+import ctypes, re, sys, threading
+from kame import heap
+libc = ctypes.CDLL(None)
+if sys.argv[1] == "limited":
+    assert heap.limit_arenas(2)
+libc.malloc.restype = ctypes.c_void_p
+libc.open_memstream.restype = ctypes.c_void_p
+barrier = threading.Barrier(8)
+def work():  # eight threads allocating at once: glibc gives each its own arena unless limited
+    blocks = [libc.malloc(1000) for _ in range(200)]
+    barrier.wait()
+    for block in blocks:
+        libc.free(ctypes.c_void_p(block))
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+text, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(text), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(len(re.findall(rb"<heap nr=", text.value)))
+"""
+
+
+@pytest.mark.skipif(heap._libc() is None, reason="glibc's allocator only")
+def test_the_server_keeps_at_most_two_malloc_arenas():
+    """``kame serve`` limits glibc to two arenas (each thread's own arena fragments on its own); counted
+    from glibc's own ``malloc_info`` report after eight threads allocated at once."""
+    counts = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("default", "limited")
+    }
+    assert counts["default"] > 2 and counts["limited"] <= 2, counts

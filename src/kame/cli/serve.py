@@ -95,6 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     from kame import heap
 
     heap.fix_mmap_threshold()  # before the models load: a long-running server's RSS stays flat
+    heap.limit_arenas()  # before any thread starts
     import torch
 
     from kame.server.app import KameServer, ServerConfig
