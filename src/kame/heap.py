@@ -48,41 +48,35 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Blocks of ``threshold`` bytes or more get their own mapping, always (no dynamic threshold).
-    Call early in the process; returns whether the allocator took it."""
+def _set(parameter: int, value: int, name: str) -> bool:
+    """``mallopt(parameter, value)``; False (and a warning) when glibc refuses it or is not there."""
     libc = _libc()
     if libc is None:
         return False
-    ok = bool(libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(threshold)))
+    ok = bool(libc.mallopt(parameter, ctypes.c_int(value)))
     if not ok:
-        logger.warning("mallopt(M_MMAP_THRESHOLD, %d) was refused", threshold)
+        logger.warning("mallopt(%s, %d) was refused", name, value)
     return ok
+
+
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Blocks of ``threshold`` bytes or more get their own mapping, always (no dynamic threshold).
+    Call early in the process; returns whether the allocator took it."""
+    return _set(M_MMAP_THRESHOLD, threshold, "M_MMAP_THRESHOLD")
 
 
 def limit_arenas(arenas: int = SERVER_ARENAS) -> bool:
     """At most ``arenas`` malloc arenas. glibc gives threads that contend for the heap their own
     arenas (up to eight per core), and each fragments on its own; a server's threads (STT, LLM
     clients, the event loop) then keep several partly free heaps. Call before threads start."""
-    libc = _libc()
-    if libc is None:
-        return False
-    ok = bool(libc.mallopt(M_ARENA_MAX, ctypes.c_int(arenas)))
-    if not ok:
-        logger.warning("mallopt(M_ARENA_MAX, %d) was refused", arenas)
-    return ok
+    return _set(M_ARENA_MAX, arenas, "M_ARENA_MAX")
 
 
 def keep_blocks_in_heap() -> bool:
     """Blocks under 32 MiB come from the heap and free memory is not handed back below 1 GiB: a loop
     that reuses the same tensors every step stops faulting their pages in. Returns whether both took."""
-    libc = _libc()
-    if libc is None:
-        return False
-    mapped = bool(libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(MAX_MMAP_THRESHOLD)))
-    trimmed = bool(libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(TRAINING_TRIM_THRESHOLD)))
-    if not (mapped and trimmed):
-        logger.warning("mallopt refused the training heap settings")
+    mapped = _set(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD, "M_MMAP_THRESHOLD")
+    trimmed = _set(M_TRIM_THRESHOLD, TRAINING_TRIM_THRESHOLD, "M_TRIM_THRESHOLD")
     return mapped and trimmed
 
 
