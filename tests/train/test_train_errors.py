@@ -154,3 +154,19 @@ def test_codec_with_more_codes_than_the_lm_reads(frontend, dataset, tmp_path):
     folder = _uncached_copy(dataset, tmp_path / "qa")
     with pytest.raises(DataError, match="codebooks have 256 entries; the codes come from another codec"):
         load_records([folder], Frontend(frontend.lm, wide, frontend.tokenizer, frontend.lm_config))
+
+
+def test_bad_augmentation_settings_name_what_to_write():
+    """Shares outside [0, 1] and decoy counts that are not a [min, max] pair are refused by name."""
+    from kame.train.config import ConfigError, TrainConfig
+
+    base = {"data": ["d"], "out": "o", "init": "random:tiny"}
+    TrainConfig(**base, decoy_prefix=0.5, text_noise=0.1, decoy_events=(0, 3)).validate()  # good ones pass
+    with pytest.raises(ConfigError, match="decoy-prefix 1.5: write a share between 0 and 1"):
+        TrainConfig(**base, decoy_prefix=1.5).validate()
+    with pytest.raises(ConfigError, match="text-noise -0.1: write a share between 0 and 1"):
+        TrainConfig(**base, text_noise=-0.1).validate()
+    with pytest.raises(ConfigError, match=r"--decoy-events \[3, 1\]: write \[min, max\]"):
+        TrainConfig(**base, decoy_events=(3, 1)).validate()
+    with pytest.raises(ConfigError, match="--mute-audio-steps must be >= 0"):
+        TrainConfig(**base, mute_audio_steps=-1).validate()
