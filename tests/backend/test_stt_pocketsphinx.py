@@ -9,6 +9,7 @@ import pytest
 from backend_speech import transcribe
 
 from kame.backend.stt import STTError, create_stt
+from kame.backend.stt.pocketsphinx import PocketSphinxConfig, PocketSphinxSTT
 from kame.backend.stt.wer import corpus_wer
 
 # Measured on this machine: about 14-20 % on these Piper questions (the reference notes 14 %).
@@ -37,3 +38,38 @@ def test_bad_model_path_is_explained():
     engine = create_stt("pocketsphinx:/nonexistent/hmm")
     with pytest.raises(STTError, match="hmm"):
         engine.open_stream()
+
+
+def test_a_closed_streams_decoder_serves_the_next_stream(piper_three):
+    """Closed mid-utterance, a stream hands its decoder back at once (not when the garbage collector
+    frees the stream); the next stream gets it and hears what a freshly loaded decoder hears."""
+    audio, rate, utterances, starts = piper_three
+    reference, _, _ = asyncio.run(transcribe(create_stt("pocketsphinx"), audio, rate))
+    engine = create_stt("pocketsphinx")
+    unpooled = PocketSphinxSTT(PocketSphinxConfig(idle_decoders=0))
+
+    async def scenario():
+        first = engine.open_stream("first")
+        await first.start()
+        middle = int((starts[0] + utterances[0].duration / 2) * rate)
+        first.push(audio[:middle], rate)
+        await first.wait_processed()
+        assert first.in_utterance
+        decoder = first._decoder
+        await first.aclose()
+        assert first._decoder is None and engine.idle_decoders == 1
+        transcripts, second, _ = await transcribe(engine, audio, rate)
+        assert engine.idle_decoders == 0
+        other = unpooled.open_stream("other")
+        await other.start()
+        await other.aclose()
+        assert unpooled.idle_decoders == 0
+        return decoder, second, transcripts
+
+    decoder, second, transcripts = asyncio.run(scenario())
+    assert second._decoder is decoder
+
+    def finals(found):
+        return [t.text for t in found if t.kind == "final"]
+
+    assert finals(transcripts) == finals(reference) and len(finals(reference)) == 3

@@ -372,7 +372,12 @@ class ThreadedSTTStream(STTStream):
             self._wakeup.notify_all()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        self._free()
         self._deliver_end()
+
+    def _free(self) -> None:  # noqa: B027 - streams without a resource of their own keep this no-op
+        """The worker has stopped: give back what it decoded with now, rather than whenever the garbage
+        collector gets to this stream (a closed session is freed by the cyclic collector)."""
 
 
 def words_text(words: Iterable[Word]) -> str:
