@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             max_per_client=args.max_per_client or None, handshake_timeout_s=args.handshake_timeout,
             drain_timeout_s=args.drain_timeout, max_failed_starts=args.max_failed_starts,
             pipelines=args.pipeline, max_cascade_sessions=args.max_cascade_sessions,
-            audio_workers=args.audio_workers,
+            audio_workers=args.audio_workers, collect_garbage=True,
         )  # fmt: skip
     except (AuthConfigError, TLSConfigError, ValueError) as exc:
         raise SystemExit(f"kame serve: {exc}") from exc

@@ -45,7 +45,7 @@ from kame.runtime.backend import Backend
 from kame.runtime.cascade.pipeline import Cascade, CascadeSession
 from kame.runtime.scheduler import Stepper
 from kame.runtime.session import Session
-from kame.server import protocol
+from kame.server import garbage, protocol
 from kame.server.audio_workers import LocalEncoder, PooledEncoder, ReplyEncoderPool
 from kame.server.metrics import CpuMeter, ServerMetrics
 from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
@@ -53,6 +53,7 @@ from kame.server.security import SUBPROTOCOL, AccessPolicy, ClientLimiter
 logger = logging.getLogger(__name__)
 
 PIPELINES = ("kame", "cascade")
+GC_DELAY_S = 0.5  # after a session ends, before its garbage is collected (see _after_session)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ServerConfig:
     max_cascade_sessions: int = 4  # cascade sessions take no front-end slot: their own limit
     audio_workers: int = 0  # processes encoding reply Opus (0: in this process); see audio_workers.py
     trim_heap_s: float | None = 10.0  # after a session ends, return free heap pages (at most this often)
+    collect_garbage: bool = False  # freeze start-up's objects, collect after each session (garbage.py)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.pipelines if name not in PIPELINES]
@@ -249,6 +251,7 @@ class KameServer:
         self._crashes_soon_after_start = 0
         self._tasks: set[asyncio.Future[Any]] = set()
         self._last_trim = -float("inf")
+        self._collection: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -275,8 +278,12 @@ class KameServer:
         self.state = "ok"
         self._last_start = time.monotonic()
         self._supervisor = asyncio.create_task(self._supervise(), name="kame-supervisor")
+        if self.config.collect_garbage:
+            garbage.freeze_startup()
 
     async def _on_shutdown(self, app: web.Application) -> None:
+        if self._collection is not None:
+            self._collection.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -613,7 +620,21 @@ class KameServer:
                     await asyncio.wait_for(sender, timeout=2.0)
             if not ws.closed:
                 await ws.close()
+            self._after_session()
+
+    def _after_session(self) -> None:
+        """Free what the session left: collect its garbage (a moment later, once this handler has
+        returned and dropped its references; one collection for sessions that end together), then
+        give free heap pages back."""
+        if not self.config.collect_garbage:
             self._trim_heap()
+        elif self._collection is None:
+            self._collection = asyncio.get_running_loop().call_later(GC_DELAY_S, self._collect_garbage)
+
+    def _collect_garbage(self) -> None:
+        self._collection = None
+        self.metrics.gc_seconds.observe(garbage.collect())
+        self._trim_heap()
 
     def _trim_heap(self) -> None:
         """A session's buffers are free now: give their pages back (heap.py says why), in a thread."""

@@ -82,6 +82,7 @@ class ResponseLatency:
         self._said.clear()
 
 
+GC_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
 
@@ -159,6 +160,10 @@ class ServerMetrics:
         self.cpu_seconds = Gauge(
             "kame_cpu_seconds", "CPU seconds used since start, by process", ["process"], registry=r
         )
+        self.gc_seconds = Histogram(
+            "kame_gc_seconds", "Python's full garbage collection after a session ended (kame serve)",
+            buckets=GC_BUCKETS, registry=r,
+        )  # fmt: skip
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, process_cpu_...
         self.response_latency = Histogram(
             "kame_response_latency_seconds",
