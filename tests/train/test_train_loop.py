@@ -143,6 +143,26 @@ def test_muted_audio_steps_see_no_audio_then_all_of_it(tmp_path, dataset):
     assert not heard["audio_muted"] and heard["audio_loss"] > 0
 
 
+def test_no_audio_weight_hears_audio_but_skips_the_depformer(tmp_path, dataset):
+    """``audio_weight: 0``: audio is heard (unlike a muted step) and the text loss is a full forward
+    pass's, but the depformer, whose loss counts for nothing, is not run."""
+    from kame.train.collate import collate
+    from kame.train.losses import compute_losses
+
+    trainer = _trainer(tmp_path, dataset, "text", steps=1, batch_size=2, audio_weight=0.0)
+    codes, oracle = collate(trainer.samples(0))
+    with torch.no_grad():
+        expected = compute_losses(
+            trainer.model(codes, oracle=oracle), codes, trainer.model.dep_q, trainer.weights
+        )
+    depformer = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("depformer")}
+    step = trainer.train_step()
+    assert not step["audio_muted"] and step["audio_loss"] == 0.0 and float(expected.audio_loss) > 0
+    assert step["text_loss"] == pytest.approx(float(expected.text_loss), rel=1e-5)
+    state = trainer.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in depformer.items())
+
+
 def test_a_random_start_is_set_up_to_find_its_oracle(tmp_path, dataset):
     """``--init random:PRESET`` starts as ``kame.train.random_start`` says: the oracle table copies the
     text table (the released upgrade rule), the text head is tied to it, and the audio tables are zero."""

@@ -113,9 +113,9 @@ class OracleLMModel(LMModel):
     ) -> LMOutput:
         """Teacher-forced forward pass; ``oracle`` is ``[B, T]``, frame-aligned with ``codes``.
 
-        ``text_only`` skips the depformer, for a loss with no audio term (the trainer's muted steps,
-        about a third of a tiny step's time): ``logits`` is then ``[B, dep_q, T, 0]`` and ``mask`` all
-        false, so no audio position is ever scored."""
+        ``text_only`` skips the depformer, for a loss with no audio term (the trainer's muted steps and
+        ``audio_weight: 0``; about a third of a tiny step's time): ``logits`` is then
+        ``[B, dep_q, T, 0]`` and ``mask`` all false, so no audio position is ever scored."""
         self._text_only = text_only
         try:
             with compile_policy(codes.device):

@@ -272,12 +272,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
         muted = self.step < config.mute_audio_steps
+        text_only = muted or config.audio_weight == 0  # no audio term: skip the depformer
         for chunk in chunks:
             codes, oracle = (t.to(self.device) for t in collate(chunk))
             if muted:  # moshi's zero token: a zero input embedding and no loss on those positions
                 codes[:, 1:] = ZERO
             with self._autocast():
-                output = self.model(model_inputs(codes, chunk), oracle=oracle, text_only=muted)
+                output = self.model(model_inputs(codes, chunk), oracle=oracle, text_only=text_only)
             losses = compute_losses(output, codes, self.model.dep_q, self.weights)
             (losses.loss / len(chunks)).backward()
             for key in totals:
