@@ -23,7 +23,14 @@ else
     echo "warning: no apt-get; install ${APT_PACKAGES[*]} with your package manager" >&2
 fi
 
+# The environment takes about 8.5 GB (torch and its CUDA libraries); pip fails midway without it.
+NEED_GB=10
 if [ ! -x .venv/bin/python ]; then
+    free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ "${free_gb:-0}" -lt "$NEED_GB" ]; then
+        echo "error: $free_gb GB free on the disk holding $(pwd); the environment needs about $NEED_GB GB. Free some space (old clones, pip caches) and rerun." >&2
+        exit 1
+    fi
     echo "==> creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
