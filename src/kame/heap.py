@@ -9,7 +9,8 @@ and later blocks of that size are carved from the heap, where blocks of varying 
 fixed threshold keeps every block of 256 KiB or more in its own mapping, returned to the system when
 freed; ``trim`` hands back the free pages that remain inside the arenas; ``limit_arenas`` keeps two
 arenas instead of one per contending thread (the 20-minute soak's server started at 807 instead of
-902 MB; its growth over the run stayed about the same, +63 against +64 MB).
+902 MB; its growth over the run stayed about the same, +63 against +64 MB: that growth was the
+sessions' uncollected garbage, see ``kame.server.garbage``).
 
 **CPU training** (``keep_blocks_in_heap``): the opposite need. Every step allocates and frees the
 same large tensors (a tiny LM's audio logits are 10 MB); mapped afresh each time, every page is
