@@ -3,12 +3,12 @@
 A finished session is not freed by reference counting: cancelled tasks keep their exceptions, whose
 tracebacks keep the frames that hold the session, its back-end and its HTTP streams (measured: a
 well-behaved client's session leaves 2,000-3,600 objects of cyclic garbage, whether its LLM answered,
-stalled or died). CPython runs a
-full collection only when the objects that survived the young generations reach a quarter of the
-long-lived ones, and torch, moshi and the models make 330 thousand of those. So dead sessions pile up
-for many sessions, each pinning memory that Python does not count (a soak with PocketSphinx, whose
-decoders hold about 96 MB each, grew by 500 MB a minute), and the full collection that finally comes
-walks everything: 150 ms on this CPU, at a random moment of the event loop.
+stalled or died). CPython runs a full collection only when the objects that survived the young
+generations reach a quarter of the long-lived ones, and torch, moshi and the models make 330 thousand
+of those. So dead sessions pile up for many sessions, each pinning memory that Python does not count
+(a soak with PocketSphinx, whose decoders hold about 96 MB each, grew by 500 MB a minute), and the
+full collection that finally comes walks everything: 150 ms on this CPU, at a random moment of the
+event loop.
 
 So ``freeze_startup`` moves what start-up made into the permanent generation (``gc.freeze``), which
 collections no longer walk, and ``collect`` runs when a session ends: it then only walks what sessions
