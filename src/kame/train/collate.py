@@ -165,7 +165,7 @@ def make_sample(
     return Sample(record.id, start, count, codes, stream, shift, kept, text_input)
 
 
-FIRST_WORD_TOKEN = 4  # below: end-of-padding 0, 1, 2 and pad 3, never replaced
+FIRST_WORD_TOKEN = PAD + 1  # the tokens below (end-of-padding 0, 1, 2 and the pad) are never replaced
 
 
 def noisy_text(text: torch.Tensor, share: float, text_card: int, rng: random.Random) -> torch.Tensor:
