@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "moshi-7b"])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "tiny-wide", "moshi-7b"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=200)

@@ -181,6 +181,24 @@ def test_init_refuses_to_overwrite(tiny_checkpoint):
         init_checkpoint(tiny_checkpoint)
 
 
+def test_the_wide_tiny_preset_is_the_tiny_layout_at_dim_128_on_disk_and_in_memory(tiny_frontend, tmp_path):
+    """``tiny-wide`` (the shipped default's shape): moshi's layout as ``tiny``, twice as wide, with the
+    same hearing Mimi and tokenizer, written by ``kame checkpoint init --preset tiny-wide``."""
+    folder = init_checkpoint(tmp_path / "wide", preset="tiny-wide", seed=3)
+    wide = load_frontend(folder)
+    assert wide.lm.dim == 128 and tiny_frontend.lm.dim == 64
+    a, b = wide.lm_config, tiny_frontend.lm_config
+    assert {k for k in {*a, *b} if a.get(k) != b.get(k)} == {"dim"}
+    assert len(wide.lm.transformer.layers) == len(tiny_frontend.lm.transformer.layers) == 2
+    assert wide.tokenizer.serialized_model_proto() == tiny_frontend.tokenizer.serialized_model_proto()
+    for key, value in tiny_frontend.mimi.state_dict().items():
+        assert torch.equal(wide.mimi.state_dict()[key], value), key
+    in_memory = load_frontend("random:tiny-wide")
+    assert in_memory.lm.dim == 128 and _logits(in_memory).shape == _logits(wide).shape
+    with pytest.raises(CheckpointError, match="tiny-wide"):
+        init_checkpoint(tmp_path / "big", preset="moshi-7b")
+
+
 def test_legacy_folder_without_config_is_read_as_moshi_reads_it(tiny_checkpoint, tmp_path, caplog):
     """Older Kyutai uploads have no config.json: moshi assumes Moshi 7B (its _lm_kwargs) and file names."""
     legacy = tmp_path / "legacy"

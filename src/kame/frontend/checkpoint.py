@@ -447,12 +447,13 @@ def train_tiny_tokenizer(vocab_size: int = presets.TINY_TOKENIZER_SIZE) -> bytes
 def preset_mimi(preset: str, device: torch.device | str = "cpu") -> MimiModel:
     """The Mimi of a preset when no codec weights are at hand.
 
-    ``tiny``: the shipped hearing tiny Mimi (``kame.frontend.tiny_mimi``: random encoder and decoder, RVQ
-    codebooks fitted to speech, so different speech gives different codes; its decoded audio is noise).
+    ``tiny``, ``tiny-wide``: the shipped hearing tiny Mimi (``kame.frontend.tiny_mimi``: random encoder
+    and decoder, RVQ codebooks fitted to speech, so different speech gives different codes; its decoded
+    audio is noise).
     Other presets: moshi's untrained Mimi with random centroids (zero-filled codebooks would map every
     frame to code 0), enough for speed measurements.
     """
-    if preset == "tiny":
+    if preset in presets.TINY_FAMILY:
         return load_tiny_mimi(device)
     mimi = moshi_loaders.get_mimi(None, presets.mimi_config(preset), device=device, num_codebooks=8)
     for module in mimi.quantizer.modules():
@@ -474,9 +475,9 @@ def random_frontend(
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     config = presets.lm_config(preset)
-    if tokenizer is None and preset == "tiny":
+    if tokenizer is None and preset in presets.TINY_FAMILY:
         tokenizer = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
-    if preset == "tiny":
+    if preset in presets.TINY_FAMILY:
         assert tokenizer is not None
         config["text_card"] = tokenizer.get_piece_size()
     with seeded(seed, device):  # the same weights for a seed, and the caller's random state untouched
@@ -518,11 +519,12 @@ def save_checkpoint(
 
 
 def init_checkpoint(folder: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Create a random checkpoint in the released layout (the tiny one is what tests and demos use): a
-    random LM with the shipped hearing tiny Mimi (see ``preset_mimi``)."""
-    if preset != "tiny":
+    """Create a random checkpoint in the released layout (the tiny one is what tests use): a random LM
+    with the shipped hearing tiny Mimi (see ``preset_mimi``)."""
+    if preset not in presets.TINY_FAMILY:
         raise CheckpointError(
-            f"only the tiny preset is written to disk; {preset!r} is available in memory to benchmarks "
+            f"only the tiny presets ({', '.join(presets.TINY_FAMILY)}) are written to disk; {preset!r} is "
+            "available in memory to benchmarks "
             "(kame.frontend.checkpoint.random_frontend) and real weights come from hf://SakanaAI/kame"
         )
     folder = Path(folder)
