@@ -63,7 +63,8 @@ def test_the_shipped_default_is_small_trained_and_shares_the_tiny_mimi_and_token
     folder = tiny_checkpoint_path()
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 10 * 2**20
     shipped = load_frontend("tiny")
-    random = load_frontend("random:tiny")
+    random = load_frontend("random:tiny-wide")  # its shape (configs/train/tiny-default.yaml's init)
+    assert shipped.lm_config == random.lm_config
     assert shipped.tokenizer.serialized_model_proto() == train_tiny_tokenizer()
     mimi = load_tiny_mimi()
     for key, value in mimi.state_dict().items():

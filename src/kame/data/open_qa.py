@@ -49,6 +49,12 @@ TEMPLATES = (
     "What is the best thing about {t}?",
 )
 KINDS = ("llm", "span", "words")
+# Their shares. Random words weigh most: they can only be copied, while the LLM's 300 answers (and runs of
+# their words) can also be memorised, and a memorised phrase ("The best thing about") then wins over the
+# oracle's own words. Measured live with bench/default_following.py: the shares (0.4, 0.4, 0.2) gave
+# 57.8 % (9 runs) with the tiny preset and 49.8 % (1 run) with tiny-wide; these 61.6 % (3 runs) and
+# 73.4 % (4 runs, the shipped default).
+KIND_WEIGHTS = (0.25, 0.35, 0.4)
 
 
 def questions(count: int, seed: int = 0) -> list[str]:
@@ -85,7 +91,7 @@ def open_rows(
     count: int,
     llm_answers: Sequence[str],
     seed: int = 0,
-    weights: tuple[float, float, float] = (0.4, 0.4, 0.2),
+    weights: tuple[float, float, float] = KIND_WEIGHTS,
     span: tuple[int, int] = (4, 14),
     max_words: int = 18,
 ) -> list[dict[str, object]]:
