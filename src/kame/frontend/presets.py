@@ -94,7 +94,7 @@ TINY_LM_CONFIG: dict[str, Any] = {
 
 # The shipped ``--frontend tiny`` (``configs/train/tiny-default.yaml``): the tiny layout at twice the width,
 # with the tiny Mimi and tokenizer. Following an open-vocabulary oracle live it beat the tiny shape on the
-# same data, 73.4 against 61.6 % of the oracle's first ten words (bench/default_following.py). On the toy
+# same data, 72.1 against 61.6 % of the oracle's first ten words (bench/default_following.py). On the toy
 # task's closed vocabulary it did not: 78.7 % of key words in 2 CPU minutes (1,900 steps) against the
 # tiny preset's 81.3 % (2,200 steps; bench/oracle_following.py).
 TINY_WIDE_LM_CONFIG: dict[str, Any] = {**TINY_LM_CONFIG, "dim": 128}
