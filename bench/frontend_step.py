@@ -20,6 +20,7 @@ import torch
 from moshi.models.lm import LMGen, LMModel
 
 from kame.frames import FRAME_SIZE
+from kame.frontend import presets
 from kame.frontend.checkpoint import random_frontend
 from kame.frontend.compile import compile_policy
 from kame.frontend.generator import OracleGenerator, SamplingConfig
@@ -114,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "tiny-wide", "moshi-7b"])
+    parser.add_argument("--preset", default="tiny", choices=presets.PRESETS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=200)

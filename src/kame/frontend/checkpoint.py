@@ -475,10 +475,9 @@ def random_frontend(
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     config = presets.lm_config(preset)
-    if tokenizer is None and preset in presets.TINY_FAMILY:
-        tokenizer = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
     if preset in presets.TINY_FAMILY:
-        assert tokenizer is not None
+        if tokenizer is None:
+            tokenizer = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
         config["text_card"] = tokenizer.get_piece_size()
     with seeded(seed, device):  # the same weights for a seed, and the caller's random state untouched
         lm = build_lm(config, device=device, dtype=dtype).eval()
