@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece
+import torch
 from moshi.models import loaders as moshi_loaders
 
-from kame.data.dataset import CODES_FOLDER, ShardWriter
+from kame.data.dataset import CODES_FOLDER, ShardWriter, read_records
 from kame.frontend import presets
 from kame.frontend.checkpoint import Frontend, train_tiny_tokenizer
 from kame.train.data import DataError, load_records
@@ -170,3 +171,16 @@ def test_bad_augmentation_settings_name_what_to_write():
         TrainConfig(**base, decoy_events=(3, 1)).validate()
     with pytest.raises(ConfigError, match="--mute-audio-steps must be >= 0"):
         TrainConfig(**base, mute_audio_steps=-1).validate()
+
+
+def test_records_load_in_id_order_whatever_order_the_build_wrote_them(frontend, dataset, records, tmp_path):
+    """Two builds of one source hold their records in the order the workers finished them."""
+    reordered = tmp_path / "reordered"
+    writer = ShardWriter(reordered)
+    for index, record in enumerate(reversed(list(read_records(dataset)))):
+        writer.write(index, record.meta, record.user, record.assistant)
+    assert [r.id for r in read_records(reordered)] == [r.id for r in read_records(dataset)][::-1]
+    loaded = load_records([reordered], frontend)
+    assert [r.id for r in loaded] == sorted(r.id for r in records) == [r.id for r in records]
+    for mine, theirs in zip(loaded, records, strict=True):
+        assert torch.equal(mine.text, theirs.text) and torch.equal(mine.user_codes, theirs.user_codes)

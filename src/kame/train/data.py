@@ -117,7 +117,9 @@ def _read_metas(folder: Path, limit: int | None) -> list[dict[str, Any]]:
         raise DataError(str(exc)) from exc
     if not metas:
         raise DataError(f"{folder}: the dataset holds no complete records")
-    return metas
+    # by id, not in shard order: `kame data build`'s workers write records as they finish, so two builds
+    # of the same source hold them in different orders, and the run's sample order follows this list
+    return sorted(metas, key=lambda meta: str(meta["id"]))
 
 
 def _fill_cache(
