@@ -184,3 +184,4 @@ def test_records_load_in_id_order_whatever_order_the_build_wrote_them(frontend, 
     assert [r.id for r in loaded] == sorted(r.id for r in records) == [r.id for r in records]
     for mine, theirs in zip(loaded, records, strict=True):
         assert torch.equal(mine.text, theirs.text) and torch.equal(mine.user_codes, theirs.user_codes)
+    assert [r.id for r in load_records([reordered], frontend, limit=2)] == [r.id for r in records][:2]

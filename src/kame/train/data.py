@@ -111,15 +111,14 @@ def _read_metas(folder: Path, limit: int | None) -> list[dict[str, Any]]:
                     "train on folders made by `kame data build`"
                 )
             metas.append(meta)
-            if limit is not None and len(metas) >= limit:
-                break
     except DatasetError as exc:
         raise DataError(str(exc)) from exc
     if not metas:
         raise DataError(f"{folder}: the dataset holds no complete records")
     # by id, not in shard order: `kame data build`'s workers write records as they finish, so two builds
-    # of the same source hold them in different orders, and the run's sample order follows this list
-    return sorted(metas, key=lambda meta: str(meta["id"]))
+    # of the same source hold them in different orders, and the run's sample order (and a limited
+    # evaluation set's choice of records) follows this list
+    return sorted(metas, key=lambda meta: str(meta["id"]))[:limit]
 
 
 def _fill_cache(
