@@ -24,6 +24,7 @@ frames only, and the trainer maps frames to steps exactly as the front-end's gen
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,8 @@ class FrameLoader:
         user = self.encode(record.user, record.sample_rate)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".tmp.npz")
+            # per process: two runs filling one cache (two trainings on one dataset) must not collide
+            temporary = path.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez(temporary, assistant=assistant.numpy(), user=user.numpy())
             temporary.replace(path)
         return assistant, user
