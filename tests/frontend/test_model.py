@@ -65,6 +65,26 @@ def test_text_only_forward_gives_stock_text_logits_and_scores_no_audio(tiny_fron
     assert torch.equal(full_after.logits.nan_to_num(), ref.logits.nan_to_num())
 
 
+def test_depformer_positions_score_stock_audio_logits_on_those_frames_only(tiny_frontend):
+    lm = tiny_frontend.lm
+    plain = _plain_moshi(tiny_frontend)
+    codes = _random_codes(lm, batch=2, frames=16, seed=6)
+    positions = torch.tensor([0, 3, 4, 9, 15])
+    with torch.no_grad():
+        part = lm(codes, oracle=torch.full((2, 16), ORACLE_ZERO), depformer_positions=positions)
+        ref = plain(codes)
+    assert torch.equal(part.text_logits.nan_to_num(), ref.text_logits.nan_to_num())
+    assert part.mask.any() and not (part.mask & ~ref.mask).any()  # a subset of stock moshi's scored cells
+    assert torch.equal(part.logits[part.mask], ref.logits[part.mask])
+    # each codebook is scored on exactly the chosen frames, shifted by its delay as moshi undelays them
+    delays = torch.tensor(lm.delays[lm.audio_offset : lm.audio_offset + lm.dep_q])
+    for k in range(lm.dep_q):
+        expected = torch.zeros(16, dtype=torch.bool)
+        frames = positions - int(delays[k])
+        expected[frames[(frames >= 0) & (frames < 16)]] = True
+        assert torch.equal(part.mask[:, k], expected.expand(2, -1) & ref.mask[:, k])
+
+
 def test_zero_oracle_streaming_equals_plain_moshi_lmgen(tiny_frontend):
     lm = tiny_frontend.lm
     plain = _plain_moshi(tiny_frontend)

@@ -171,6 +171,9 @@ def test_bad_augmentation_settings_name_what_to_write():
         TrainConfig(**base, decoy_events=(3, 1)).validate()
     with pytest.raises(ConfigError, match="--mute-audio-steps must be >= 0"):
         TrainConfig(**base, mute_audio_steps=-1).validate()
+    for share in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=f"--depformer-share {share}: write a share of the frames"):
+            TrainConfig(**base, depformer_share=share).validate()
 
 
 def test_records_load_in_id_order_whatever_order_the_build_wrote_them(frontend, dataset, records, tmp_path):

@@ -163,6 +163,37 @@ def test_no_audio_weight_hears_audio_but_skips_the_depformer(tmp_path, dataset):
     assert all(torch.equal(state[k], v) for k, v in depformer.items())
 
 
+def test_depformer_share_scores_audio_on_the_steps_drawn_frames(tmp_path, dataset):
+    """``depformer_share``: the audio loss of a step is the full pass's loss restricted to the frames
+    drawn for that step (each codebook's cells at frame - delay), and the text loss is unchanged."""
+    from kame.train.collate import collate
+    from kame.train.loop import depformer_positions
+    from kame.train.losses import LossWeights, audio_loss
+
+    trainer = _trainer(tmp_path, dataset, "share", steps=1, batch_size=2, depformer_share=0.25)
+    config = trainer.config
+    positions = depformer_positions(config, 0, trainer.device)
+    assert len(positions) == 8 and torch.equal(positions, depformer_positions(config, 0, trainer.device))
+    assert not torch.equal(positions, depformer_positions(config, 1, trainer.device))
+    codes, oracle = collate(trainer.samples(0))
+    lm = trainer.model
+    with torch.no_grad():
+        full = lm(codes, oracle=oracle)
+    chosen = torch.zeros(lm.dep_q, config.seq_len, dtype=torch.bool)
+    for k, delay in enumerate(lm.delays[lm.audio_offset : lm.audio_offset + lm.dep_q]):
+        frames = positions - delay
+        chosen[k, frames[frames >= 0]] = True
+    restricted = type(full)(full.logits, full.mask & chosen, full.text_logits, full.text_mask)
+    weights: LossWeights = trainer.weights
+    expected = audio_loss(
+        restricted, codes[:, 1 : 1 + lm.dep_q], weights.semantic_weight, weights.acoustic_weight
+    )
+    whole = audio_loss(full, codes[:, 1 : 1 + lm.dep_q], weights.semantic_weight, weights.acoustic_weight)
+    step = trainer.train_step()
+    assert step["audio_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert step["audio_loss"] != pytest.approx(float(whole), rel=1e-4)
+
+
 def test_a_random_start_is_set_up_to_find_its_oracle(tmp_path, dataset):
     """``--init random:PRESET`` starts as ``kame.train.random_start`` says: the oracle table copies the
     text table (the released upgrade rule), the text head is tied to it, and the audio tables are zero."""

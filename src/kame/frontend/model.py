@@ -71,6 +71,7 @@ class OracleLMModel(LMModel):
             _init_layer(self.oracle_emb)
         self._teacher_forced_oracle: torch.Tensor | None = None
         self._text_only = False
+        self._depformer_positions: torch.Tensor | None = None
 
     def _init_streaming_state(self, batch_size: int) -> OracleLMState:
         return OracleLMState(batch_size, next(iter(self.parameters())).device)
@@ -110,22 +111,33 @@ class OracleLMModel(LMModel):
         oracle: torch.Tensor | None = None,
         *,
         text_only: bool = False,
+        depformer_positions: torch.Tensor | None = None,
     ) -> LMOutput:
         """Teacher-forced forward pass; ``oracle`` is ``[B, T]``, frame-aligned with ``codes``.
 
         ``text_only`` skips the depformer, for a loss with no audio term (the trainer's muted steps and
         ``audio_weight: 0``; about a third of a tiny step's time): ``logits`` is then
-        ``[B, dep_q, T, 0]`` and ``mask`` all false, so no audio position is ever scored."""
+        ``[B, dep_q, T, 0]`` and ``mask`` all false, so no audio position is ever scored.
+
+        ``depformer_positions`` (sorted indices into the ``T`` positions) runs the depformer on those
+        positions only: it reads each position on its own, so their logits are exactly the full pass's,
+        and the others are NaN and masked out. A trainer that scores audio on a random share of the
+        positions pays that share of the depformer's cost (most of an unmuted tiny step)."""
         self._text_only = text_only
+        self._depformer_positions = depformer_positions
         try:
             with compile_policy(codes.device):
                 output = self._forward(codes, condition_tensors, oracle)
         finally:
             self._text_only = False
+            self._depformer_positions = None
         if text_only:
             output = LMOutput(
                 output.logits, torch.zeros_like(output.mask), output.text_logits, output.text_mask
             )
+        elif depformer_positions is not None:
+            scored = output.mask & ~torch.isnan(output.logits[..., 0])
+            output = LMOutput(output.logits, scored, output.text_logits, output.text_mask)
         return output
 
     def _forward(self, codes: torch.Tensor, condition_tensors, oracle: torch.Tensor | None) -> LMOutput:
@@ -153,7 +165,14 @@ class OracleLMModel(LMModel):
         if self._text_only:
             batch, _, steps = sequence.shape
             return transformer_out.new_zeros(batch, self.dep_q, steps, 0)
-        return super().forward_depformer_training(sequence, transformer_out)
+        positions = self._depformer_positions
+        if positions is None:
+            return super().forward_depformer_training(sequence, transformer_out)
+        part = super().forward_depformer_training(sequence[:, :, positions], transformer_out[:, positions])
+        batch, _, steps = sequence.shape
+        logits = part.new_full((batch, self.dep_q, steps, part.shape[-1]), float("nan"))
+        logits[:, :, positions] = part
+        return logits
 
     def forward_text(
         self,

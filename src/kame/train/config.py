@@ -53,6 +53,7 @@ class TrainConfig:
     decoy_prefix: float = 0.0  # share of decoys that start with the first words of the record's oracle
     text_noise: float = 0.0  # share of word tokens fed back as random tokens, the targets kept clean
     mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
+    depformer_share: float = 1.0  # share of a step's frames the depformer is run and scored on
     save_every: int = 100
     keep_states: int = 3
     log_every: int = 10
@@ -103,6 +104,10 @@ class TrainConfig:
                 )
         if int(self.mute_audio_steps) < 0:
             raise ConfigError(f"--mute-audio-steps must be >= 0, got {self.mute_audio_steps}")
+        if not 0.0 < float(self.depformer_share) <= 1.0:
+            raise ConfigError(
+                f"--depformer-share {self.depformer_share}: write a share of the frames, 0 < share <= 1"
+            )
         for name in ("decoy_prefix", "text_noise"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(
@@ -156,10 +161,13 @@ _HELP = {
     "mute-audio-steps": "for the first N steps the LM gets no audio (its audio inputs and targets are "
     "moshi's zero token): a small model from random weights then learns to copy its oracle before it can "
     "memorise dialogues by their sound; audio and its loss come in after",
+    "depformer-share": "run the depformer (the audio loss) on this random share of each step's frames, "
+    "the same frames for the whole batch: the audio loss stays an unbiased estimate at that share of the "
+    "depformer's cost; 1 scores every frame",
     "seed": "seed of the data order, crops, augmentations and the initial weights of random:PRESET",
 }
 _CLI = ("steps", "batch_size", "seq_len", "lr", "warmup", "save_every", "log_every", "eval_every", "seed",
-        "lora_rank", "lora_scaling", "mute_audio_steps")  # fmt: skip
+        "lora_rank", "lora_scaling", "mute_audio_steps", "depformer_share")  # fmt: skip
 
 
 def _flag(name: str) -> str:

@@ -124,6 +124,15 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def depformer_positions(config: TrainConfig, step: int, device: torch.device) -> torch.Tensor:
+    """The frames a step scores audio on (``depformer_share`` of ``seq_len``, sorted): drawn from
+    (seed, step), so a resumed run and every process of a distributed one draw the same."""
+    count = max(1, round(config.depformer_share * config.seq_len))
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    chosen = torch.randperm(config.seq_len, generator=generator)[:count]
+    return chosen.sort().values.to(device)
+
+
 class Trainer:
     def __init__(
         self,
@@ -273,12 +282,18 @@ class Trainer:
         totals = {"loss": 0.0, "text_loss": 0.0, "audio_loss": 0.0}
         muted = self.step < config.mute_audio_steps
         text_only = muted or config.audio_weight == 0  # no audio term: skip the depformer
+        positions = None
+        if not text_only and config.depformer_share < 1:
+            positions = depformer_positions(config, self.step, self.device)
         for chunk in chunks:
             codes, oracle = (t.to(self.device) for t in collate(chunk))
             if muted:  # moshi's zero token: a zero input embedding and no loss on those positions
                 codes[:, 1:] = ZERO
             with self._autocast():
-                output = self.model(model_inputs(codes, chunk), oracle=oracle, text_only=text_only)
+                output = self.model(
+                    model_inputs(codes, chunk), oracle=oracle, text_only=text_only,
+                    depformer_positions=positions,
+                )  # fmt: skip
             losses = compute_losses(output, codes, self.model.dep_q, self.weights)
             (losses.loss / len(chunks)).backward()
             for key in totals:
