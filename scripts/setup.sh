@@ -35,8 +35,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# llama-cpp-python compiles llama.cpp from source; the multimodal part is not needed.
-export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}"
+# llama-cpp-python compiles llama.cpp from source; the multimodal part is not needed. GGML_NATIVE=OFF:
+# a -march=native build died with SIGILL in decode on this machine (its CPU advertises AMX, AVX512-FP16).
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF}"
 echo "==> pip install -e .[dev] (first run: torch download and a llama.cpp build, several minutes)"
 .venv/bin/python -m pip install -q -e ".[dev]"
 echo "==> kame is installed: $(.venv/bin/kame --help | head -1)"
