@@ -99,7 +99,8 @@ def evaluate(
     scratch.mkdir(parents=True, exist_ok=True)
     totals = {"with": 0, "without": 0}
     keys_total = 0
-    examples = []
+    examples, outcomes = [], []
+    by_slot: dict[str, list[int]] = {}  # "LENGTH.POSITION" -> [said, asked]: where in a list recall fails
     for index, record in enumerate(read_records(held / "dataset")):
         if index >= count:
             break
@@ -121,9 +122,15 @@ def evaluate(
             "with": infer_text(wav, frontend, script, index, greedy),
             "without": infer_text(wav, frontend, None, index, greedy),
         }
-        for key, text in texts.items():
-            totals[key] += len(set(keywords) & words_of(text))
+        said = {key: sorted(set(keywords) & words_of(text)) for key, text in texts.items()}
+        for key in texts:
+            totals[key] += len(said[key])
         keys_total += len(keywords)
+        for position, keyword in enumerate(keywords):
+            slot = by_slot.setdefault(f"{len(keywords)}.{position + 1}", [0, 0])
+            slot[0] += keyword in said["with"]
+            slot[1] += 1
+        outcomes.append({"id": record.id, "keywords": keywords, "said": said["with"], "text": texts["with"]})
         if len(examples) < 5:
             examples.append({"question": meta["question"], "oracle": oracle["text"], **texts})
     return {
@@ -131,7 +138,9 @@ def evaluate(
         "key_words": keys_total,
         "recall_with_oracle": totals["with"] / max(1, keys_total),
         "recall_without_oracle": totals["without"] / max(1, keys_total),
+        "recall_with_oracle_by_slot": {k: round(a / b, 3) for k, (a, b) in sorted(by_slot.items())},
         "examples": examples,
+        "per_question": outcomes,
     }
 
 
@@ -196,10 +205,13 @@ def main() -> int:
     for example in figures["examples"]:  # type: ignore[union-attr]
         print(f"Q: {example['question']}\n  oracle:  {example['oracle']}")
         print(f"  with:    {example['with']}\n  without: {example['without']}")
+    by_slot: dict[str, float] = figures["recall_with_oracle_by_slot"]  # type: ignore[assignment]
+    places = ", ".join(f"word {k.split('.')[1]} of {k.split('.')[0]} {v:.0%}" for k, v in by_slot.items())
     print(
         f"\nkey-word recall on {figures['questions']} held-out questions ({figures['key_words']} key words):"
         f"\n  with the oracle:    {100 * figures['recall_with_oracle']:.1f} %   (target >= 90 %)"
         f"\n  without an oracle:  {100 * figures['recall_without_oracle']:.1f} %   (target <= 5 %)"
+        f"\n  with the oracle, by place in the answer's list: {places}"
         f"\ntraining ({args.train_count} dialogues, {steps} steps): {train_wall:.1f} s wall, "
         f"{train_cpu:.1f} s CPU (target: 120 s on one core)"
         f"\n(data build {build_s:.1f} s, Mimi encoding {encode_s:.1f} s, inference {eval_s:.1f} s)"
