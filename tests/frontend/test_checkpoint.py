@@ -182,13 +182,15 @@ def test_init_refuses_to_overwrite(tiny_checkpoint):
 
 
 def test_the_wide_tiny_preset_is_the_tiny_layout_at_dim_128_on_disk_and_in_memory(tiny_frontend, tmp_path):
-    """``tiny-wide`` (the shipped default's shape): moshi's layout as ``tiny``, twice as wide, with the
-    same hearing Mimi and tokenizer, written by ``kame checkpoint init --preset tiny-wide``."""
+    """``tiny-wide`` (the shipped default's shape): moshi's layout as ``tiny``, twice as wide with twice
+    the heads (both 32 wide), with the same hearing Mimi and tokenizer, written by ``kame checkpoint init
+    --preset tiny-wide``."""
     folder = init_checkpoint(tmp_path / "wide", preset="tiny-wide", seed=3)
     wide = load_frontend(folder)
     assert wide.lm.dim == 128 and tiny_frontend.lm.dim == 64
     a, b = wide.lm_config, tiny_frontend.lm_config
-    assert {k for k in {*a, *b} if a.get(k) != b.get(k)} == {"dim"}
+    assert {k for k in {*a, *b} if a.get(k) != b.get(k)} == {"dim", "num_heads"}
+    assert a["dim"] // a["num_heads"] == b["dim"] // b["num_heads"] == 32
     assert len(wide.lm.transformer.layers) == len(tiny_frontend.lm.transformer.layers) == 2
     assert wide.tokenizer.serialized_model_proto() == tiny_frontend.tokenizer.serialized_model_proto()
     for key, value in tiny_frontend.mimi.state_dict().items():
