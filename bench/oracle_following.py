@@ -100,7 +100,7 @@ def evaluate(
     totals = {"with": 0, "without": 0}
     keys_total = 0
     examples, outcomes = [], []
-    by_slot: dict[str, list[int]] = {}  # "LENGTH.POSITION" -> [said, asked]: where in a list recall fails
+    by_slot: dict[tuple[int, int], list[int]] = {}  # (N, K) -> [said, asked]: where in a list recall fails
     for index, record in enumerate(read_records(held / "dataset")):
         if index >= count:
             break
@@ -127,7 +127,7 @@ def evaluate(
             totals[key] += len(said[key])
         keys_total += len(keywords)
         for position, keyword in enumerate(keywords):
-            slot = by_slot.setdefault(f"{len(keywords)}.{position + 1}", [0, 0])
+            slot = by_slot.setdefault((len(keywords), position + 1), [0, 0])
             slot[0] += keyword in said["with"]
             slot[1] += 1
         outcomes.append({"id": record.id, "keywords": keywords, "said": said["with"], "text": texts["with"]})
@@ -138,7 +138,9 @@ def evaluate(
         "key_words": keys_total,
         "recall_with_oracle": totals["with"] / max(1, keys_total),
         "recall_without_oracle": totals["without"] / max(1, keys_total),
-        "recall_with_oracle_by_slot": {k: round(a / b, 3) for k, (a, b) in sorted(by_slot.items())},
+        "recall_with_oracle_by_slot": {
+            f"word {k} of {n}": round(said / asked, 3) for (n, k), (said, asked) in sorted(by_slot.items())
+        },
         "examples": examples,
         "per_question": outcomes,
     }
@@ -206,7 +208,7 @@ def main() -> int:
         print(f"Q: {example['question']}\n  oracle:  {example['oracle']}")
         print(f"  with:    {example['with']}\n  without: {example['without']}")
     by_slot: dict[str, float] = figures["recall_with_oracle_by_slot"]  # type: ignore[assignment]
-    places = ", ".join(f"word {k.split('.')[1]} of {k.split('.')[0]} {v:.0%}" for k, v in by_slot.items())
+    places = ", ".join(f"{place} {share:.0%}" for place, share in by_slot.items())
     print(
         f"\nkey-word recall on {figures['questions']} held-out questions ({figures['key_words']} key words):"
         f"\n  with the oracle:    {100 * figures['recall_with_oracle']:.1f} %   (target >= 90 %)"
