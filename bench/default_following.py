@@ -5,7 +5,7 @@ whole tandem system: Whisper STT, SmolLM2 oracles, the front-end) and scores the
 of the first ten words of the last oracle that reached the front-end, the fraction that the assistant
 says after that oracle's first token was applied (target: >= 80 % on average)::
 
-    python bench/default_following.py [--tts espeak] [--frontend tiny] [--json FILE]
+    python bench/default_following.py [--tts espeak] [--frontend tiny] [--json FILE] [--timelines DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temp-text", type=float, help="text temperature (default: the checkpoint's)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--timelines", type=Path, help="keep each session's timeline in this folder")
     args = parser.parse_args()
     from kame.audio.io import resample, write_wav
     from kame.audio.tts import create_tts
@@ -60,6 +61,9 @@ def main() -> int:
                 check=True, env=env, capture_output=True,
             )  # fmt: skip
             events = [json.loads(line) for line in timeline.read_text().splitlines()]
+            if args.timelines is not None:
+                args.timelines.mkdir(parents=True, exist_ok=True)
+                (args.timelines / f"q{index}-seed{args.seed + index}.jsonl").write_text(timeline.read_text())
             row = {"question": question, **last_oracle_following(events)}
             rows.append(row)
             print(f"{100 * row['fraction']:5.0f} %  Q: {question}\n        oracle: {row['oracle']}")

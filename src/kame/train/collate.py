@@ -18,6 +18,14 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   with the other record's words, as a live back-end's guesses from partial transcripts do ("The answer
   is 12." then "The answer to this question is 2."): the model must follow the newest oracle, not any
   earlier one that holds the word it has just said;
+- **live drafts** (opt-in, ``live_drafts``): that share of samples gets a live back-end's timeline for
+  the record's last oracle. A live session's final oracle arrives 4-8 frames before the assistant's
+  first word (measured on ``bench/default_following.py``'s timelines), after 1-3 drafts each 1-15
+  frames before the next: shorter versions of the same answer ("A spider has 8 eyes." then "A spider
+  has 8 eyes, one for each leg."), guesses that start like it, other answers. The data's own timeline
+  gives the oracle 5-22 frames ahead of the answer and no drafts. The final oracle moves to
+  ``FINAL_LEAD`` frames before the answer's first word (never earlier than the data put it), drafts go
+  before it, and the back-end lag is not added, since the placement already sets the lead;
 - **text noise** (opt-in, ``text_noise``): that share of the assistant's word tokens *fed back* to the
   model is replaced by random tokens, the targets staying clean. Teacher forcing only ever shows a
   history that followed the oracle; live, the model samples its own words and one wrong piece must not
@@ -45,6 +53,9 @@ from kame.train.data import TrainRecord
 
 ZERO = -1  # moshi's zero token: embeds to zero and masks the loss (frames past a record's end)
 DECOY_WINDOW = 40  # frames (3.2 s) before a record's first oracle where its decoys may start
+FINAL_LEAD = (4, 8)  # frames between a live-like final oracle and the assistant's first word
+DRAFT_GAP = (1, 15)  # frames between a live-like draft and the next oracle
+DRAFT_COUNT = (1, 3)
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class Augment:
     decoys: tuple[str, ...] = ()  # texts to draw decoys from (other records' oracles)
     decoy_prefix: float = 0.0  # share of decoys that start like the record's own oracle
     text_noise: float = 0.0  # share of word tokens fed back as random tokens (targets unchanged)
+    live_drafts: float = 0.0  # share of samples whose last oracle gets a live back-end's timeline
 
     @classmethod
     def off(cls) -> Augment:
@@ -99,6 +111,47 @@ def near_miss(own: str, other: str, rng: random.Random, longest: int = 6) -> str
     return " ".join(own_words[:keep] + rest)
 
 
+def first_word_frame(text: Any, start: int) -> int | None:
+    """The first frame at or after ``start`` whose text token is not the pad (a word or its marker)."""
+    for frame in range(max(0, start), len(text)):
+        if int(text[frame]) != PAD:
+            return frame
+    return None
+
+
+def draft_text(own: str, others: Sequence[str], rng: random.Random) -> str:
+    """An earlier guess of a live back-end: its own answer cut short, a near miss, or another answer."""
+    words = own.split()
+    kind = rng.random()
+    if kind < 0.4 and len(words) >= 2:
+        return " ".join(words[: rng.randint(1, len(words) - 1)])
+    if not others:
+        return " ".join(words[:1])
+    other = rng.choice(others)
+    return near_miss(own, other, rng) if kind < 0.7 else other
+
+
+def live_timeline(
+    events: list[dict[str, Any]], text: Any, others: Sequence[str], rng: random.Random
+) -> list[dict[str, Any]] | None:
+    """``events`` with the last one moved ``FINAL_LEAD`` frames before its answer and drafts before it;
+    ``None`` when the record has no answer after its last oracle."""
+    last = events[-1]
+    answer = first_word_frame(text, int(last["frame"]))
+    if answer is None:
+        return None
+    frame = max(int(last["frame"]), answer - rng.randint(*FINAL_LEAD))
+    own = str(last["text"])
+    drafts = []
+    at = frame
+    for _ in range(rng.randint(*DRAFT_COUNT)):
+        at -= rng.randint(*DRAFT_GAP)
+        if at < 0:
+            break
+        drafts.append({"frame": at, "text": draft_text(own, others, rng)})
+    return events[:-1] + drafts[::-1] + [{**last, "frame": frame}]
+
+
 def augmented_oracle(
     record: TrainRecord, tokenizer: Any, start_token: int, augment: Augment, rng: random.Random
 ) -> tuple[list[int], int, int]:
@@ -107,6 +160,10 @@ def augmented_oracle(
     if augment.drop_events is not None and len(events) > 1:
         p = rng.uniform(*augment.drop_events)
         events = [e for e in events[:-1] if rng.random() >= p] + [events[-1]]
+    live = None
+    if augment.live_drafts > 0 and events and rng.random() < augment.live_drafts:
+        live = live_timeline(events, record.text, augment.decoys, rng)
+        events = live or events
     if augment.decoy_events is not None and augment.decoys and events:
         first = min(int(e["frame"]) for e in events)
         count = rng.randint(*augment.decoy_events)
@@ -122,6 +179,8 @@ def augmented_oracle(
         events = decoys + events
     stream = oracle_stream(events, record.frames, tokenizer, start_token)
     shifts = []
+    if live is not None:
+        return stream, 0, len(events)
     if augment.oracle_lag is not None:
         shifts.append(rng.randint(*augment.oracle_lag))
     if augment.oracle_lead is not None:

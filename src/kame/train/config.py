@@ -52,6 +52,7 @@ class TrainConfig:
     decoy_events: tuple[int, int] | None = None  # wrong guesses replaced by the record's own oracle
     decoy_prefix: float = 0.0  # share of decoys that start with the first words of the record's oracle
     text_noise: float = 0.0  # share of word tokens fed back as random tokens, the targets kept clean
+    live_drafts: float = 0.0  # share of samples whose last oracle gets a live back-end's timeline
     mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
     depformer_share: float = 1.0  # share of a step's frames the depformer is run and scored on
     save_every: int = 100
@@ -108,7 +109,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--depformer-share {self.depformer_share}: write a share of the frames, 0 < share <= 1"
             )
-        for name in ("decoy_prefix", "text_noise"):
+        for name in ("decoy_prefix", "text_noise", "live_drafts"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(
                     f"{name.replace('_', '-')} {getattr(self, name)}: write a share between 0 and 1"

@@ -191,11 +191,11 @@ class Trainer:
                 self.base_files = self._base_files() if self.lora else {}
         self.order = SampleOrder([r.id for r in self.records], config.seed)
         decoys = ()  # other records' last oracles, for decoy_events
-        if config.decoy_events:
+        if config.decoy_events or config.live_drafts:
             decoys = tuple(str(r.events[-1]["text"]) for r in self.records if r.events)
         self.augment = Augment(
             config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys,
-            float(config.decoy_prefix), float(config.text_noise),
+            float(config.decoy_prefix), float(config.text_noise), float(config.live_drafts),
         )  # fmt: skip
         self.weights = LossWeights(
             config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
