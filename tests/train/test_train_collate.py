@@ -230,7 +230,7 @@ def test_text_noise_changes_only_the_fed_back_words_never_the_targets(frontend, 
 
 def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_guesses(frontend, records):
     """``live_drafts``: as a live back-end does, the record's last oracle arrives 4-8 frames before the
-    assistant's first word (never earlier than the data put it), after 1-3 drafts 1-15 frames apart; from
+    assistant's first word (never earlier than the data put it), after 0-3 drafts 1-15 frames apart; from
     its frame on the stream is that oracle as inference replays it, and no lag is added."""
     from kame.train.collate import augmented_oracle, draft_text
 
@@ -238,6 +238,7 @@ def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_g
     others = ("zebra quartz", "violet harbour")
     # every earlier event dropped, so the starts are the drafts' and the final oracle's alone
     augment = Augment(drop_events=(1.0, 1.0), oracle_lag=(0, 6), decoys=others, live_drafts=1.0)
+    counts = set()
     for record in records:
         last = record.events[-1]
         text = record.text.tolist()
@@ -248,11 +249,13 @@ def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_g
             )
             starts = [i for i, token in enumerate(stream) if token == START]
             final, drafts = starts[-1], starts[:-1]
-            assert shift == 0 and kept == len(starts) and 1 <= len(drafts) <= 3
+            assert shift == 0 and kept == len(starts) and len(drafts) <= 3
+            counts.add(len(drafts))
             assert final == max(int(last["frame"]), answer - 8) or answer - 8 <= final <= answer - 4
             own = _replayed([{"time": (final + 0.5) / 12.5, "text": last["text"]}], record.frames, tokenizer)
             assert stream[final:] == own[final:]
             assert all(1 <= b - a <= 15 for a, b in zip(starts, starts[1:], strict=False))
+    assert {0, 1, 2, 3} <= counts  # a lone final oracle too, as from a back-end that waits for the end
     own = "A spider has eight eyes one for each leg"
     made = [draft_text(own, others, sample_rng(seed, 0, "x")) for seed in range(300)]
     shorter = [d for d in made if own.startswith(d) and d != own]

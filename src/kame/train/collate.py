@@ -20,7 +20,7 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   earlier one that holds the word it has just said;
 - **live drafts** (opt-in, ``live_drafts``): that share of samples gets a live back-end's timeline for
   the record's last oracle. A live session's final oracle arrives 4-8 frames before the assistant's
-  first word (measured on ``bench/default_following.py``'s timelines), after 1-3 drafts each 1-15
+  first word (measured on ``bench/default_following.py``'s timelines), after 0-3 drafts each 1-15
   frames before the next: shorter versions of the same answer ("A spider has 8 eyes." then "A spider
   has 8 eyes, one for each leg."), guesses that start like it, other answers. The data's own timeline
   gives the oracle 5-22 frames ahead of the answer and no drafts. The final oracle moves to
@@ -55,7 +55,7 @@ ZERO = -1  # moshi's zero token: embeds to zero and masks the loss (frames past 
 DECOY_WINDOW = 40  # frames (3.2 s) before a record's first oracle where its decoys may start
 FINAL_LEAD = (4, 8)  # frames between a live-like final oracle and the assistant's first word
 DRAFT_GAP = (1, 15)  # frames between a live-like draft and the next oracle
-DRAFT_COUNT = (1, 3)
+DRAFT_COUNT = (0, 3)  # none in a quarter: a back-end that answers only the final transcript
 
 
 @dataclass(frozen=True)
