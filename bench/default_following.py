@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def main() -> int:
             events = [json.loads(line) for line in timeline.read_text().splitlines()]
             if args.timelines is not None:
                 args.timelines.mkdir(parents=True, exist_ok=True)
-                (args.timelines / f"q{index}-seed{args.seed + index}.jsonl").write_text(timeline.read_text())
+                shutil.copyfile(timeline, args.timelines / f"q{index}-seed{args.seed + index}.jsonl")
             row = {"question": question, **last_oracle_following(events)}
             rows.append(row)
             print(f"{100 * row['fraction']:5.0f} %  Q: {question}\n        oracle: {row['oracle']}")

@@ -23,7 +23,7 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   first word (measured on ``bench/default_following.py``'s timelines), after 0-3 drafts each 1-15
   frames before the next: shorter versions of the same answer ("A spider has 8 eyes." then "A spider
   has 8 eyes, one for each leg."), guesses that start like it, other answers. The data's own timeline
-  gives the oracle 5-22 frames ahead of the answer and no drafts. The final oracle moves to
+  gives the oracle 3-21 frames ahead of the answer, before the lag, and no drafts. The final oracle moves to
   ``FINAL_LEAD`` frames before the answer's first word (never earlier than the data put it), drafts go
   before it, and the back-end lag is not added, since the placement already sets the lead;
 - **text noise** (opt-in, ``text_noise``): that share of the assistant's word tokens *fed back* to the
@@ -178,9 +178,9 @@ def augmented_oracle(
             decoys.append({"frame": frame, "text": text})
         events = decoys + events
     stream = oracle_stream(events, record.frames, tokenizer, start_token)
-    shifts = []
     if live is not None:
         return stream, 0, len(events)
+    shifts = []
     if augment.oracle_lag is not None:
         shifts.append(rng.randint(*augment.oracle_lag))
     if augment.oracle_lead is not None:
