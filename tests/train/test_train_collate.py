@@ -3,6 +3,7 @@ inference's (``OracleTrack`` replaying the events), augmentations within bounds,
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kame.data.dataset import read_records
@@ -228,16 +229,22 @@ def test_text_noise_changes_only_the_fed_back_words_never_the_targets(frontend, 
     )  # eval
 
 
-def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_guesses(frontend, records):
-    """``live_drafts``: as a live back-end does, the record's last oracle arrives 4-8 frames before the
-    assistant's first word (never earlier than the data put it), after 0-3 drafts 1-15 frames apart; from
-    its frame on the stream is that oracle as inference replays it, and no lag is added."""
+@pytest.mark.parametrize("lead", [(4, 8), (4, 12)])
+def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_guesses(
+    frontend, records, lead
+):
+    """``live_drafts``: as a live back-end does, the record's last oracle arrives ``live_lead`` (by
+    default 4-8) frames before the assistant's first word (never earlier than the data put it), after 0-3
+    drafts 1-15 frames apart; from its frame on the stream is that oracle as inference replays it, and no
+    lag is added."""
     from kame.train.collate import augmented_oracle, draft_text
 
     tokenizer = frontend.tokenizer
     others = ("zebra quartz", "violet harbour")
     # every earlier event dropped, so the starts are the drafts' and the final oracle's alone
-    augment = Augment(drop_events=(1.0, 1.0), oracle_lag=(0, 6), decoys=others, live_drafts=1.0)
+    augment = Augment(
+        drop_events=(1.0, 1.0), oracle_lag=(0, 6), decoys=others, live_drafts=1.0, live_lead=lead
+    )
     counts = set()
     for record in records:
         last = record.events[-1]
@@ -251,7 +258,10 @@ def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_g
             final, drafts = starts[-1], starts[:-1]
             assert shift == 0 and kept == len(starts) and len(drafts) <= 3
             counts.add(len(drafts))
-            assert final == max(int(last["frame"]), answer - 8) or answer - 8 <= final <= answer - 4
+            if final > int(last["frame"]):
+                assert lead[0] <= answer - final <= lead[1]
+            else:
+                assert final == int(last["frame"]) and answer - final <= lead[1]
             own = _replayed([{"time": (final + 0.5) / 12.5, "text": last["text"]}], record.frames, tokenizer)
             assert stream[final:] == own[final:]
             assert all(1 <= b - a <= 15 for a, b in zip(starts, starts[1:], strict=False))
@@ -263,3 +273,19 @@ def test_live_drafts_put_the_final_oracle_just_before_the_answer_after_earlier_g
     assert any(d in others for d in made)  # another answer
     assert any(d.split()[0] == "A" and d not in shorter for d in made)  # a guess that starts right
     assert Augment().live_drafts == 0.0  # off unless asked for
+
+
+def test_live_lead_sets_how_early_the_final_oracle_lands():
+    """The final oracle lands ``lead`` frames before the answer's first word, every lead in range."""
+    from kame.train.collate import live_timeline
+
+    text = [PAD] * 40 + [7] * 10  # the answer's first word at frame 40; the data's oracle at frame 10
+    for lead in ((4, 8), (2, 12)):
+        leads = set()
+        for seed in range(200):
+            events = live_timeline(
+                [{"frame": 10, "text": "a b c"}], text, ("x y",), sample_rng(seed, 0, "r"), lead
+            )
+            leads.add(40 - events[-1]["frame"])
+        assert leads == set(range(lead[0], lead[1] + 1))
+    assert live_timeline([{"frame": 45, "text": "a"}], [PAD] * 50, (), sample_rng(0, 0, "r")) is None

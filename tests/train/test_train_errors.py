@@ -169,6 +169,8 @@ def test_bad_augmentation_settings_name_what_to_write():
         TrainConfig(**base, text_noise=-0.1).validate()
     with pytest.raises(ConfigError, match="live-drafts 2.0: write a share between 0 and 1"):
         TrainConfig(**base, live_drafts=2.0).validate()
+    with pytest.raises(ConfigError, match=r"--live-lead \[8, 4\]: write \[min, max\]"):
+        TrainConfig(**base, live_lead=(8, 4)).validate()
     with pytest.raises(ConfigError, match=r"--decoy-events \[3, 1\]: write \[min, max\]"):
         TrainConfig(**base, decoy_events=(3, 1)).validate()
     with pytest.raises(ConfigError, match="--mute-audio-steps must be >= 0"):

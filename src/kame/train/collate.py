@@ -24,7 +24,7 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   frames before the next: shorter versions of the same answer ("A spider has 8 eyes." then "A spider
   has 8 eyes, one for each leg."), guesses that start like it, other answers. The data's own timeline
   gives the oracle 3-21 frames ahead of the answer, before the lag, and no drafts. The final oracle moves to
-  ``FINAL_LEAD`` frames before the answer's first word (never earlier than the data put it), drafts go
+  ``live_lead`` (default ``FINAL_LEAD``) frames before the answer's first word (never earlier than the data put it), drafts go
   before it, and the back-end lag is not added, since the placement already sets the lead;
 - **text noise** (opt-in, ``text_noise``): that share of the assistant's word tokens *fed back* to the
   model is replaced by random tokens, the targets staying clean. Teacher forcing only ever shows a
@@ -68,6 +68,7 @@ class Augment:
     decoy_prefix: float = 0.0  # share of decoys that start like the record's own oracle
     text_noise: float = 0.0  # share of word tokens fed back as random tokens (targets unchanged)
     live_drafts: float = 0.0  # share of samples whose last oracle gets a live back-end's timeline
+    live_lead: tuple[int, int] = FINAL_LEAD  # frames from that final oracle to the first answer word
 
     @classmethod
     def off(cls) -> Augment:
@@ -132,15 +133,19 @@ def draft_text(own: str, others: Sequence[str], rng: random.Random) -> str:
 
 
 def live_timeline(
-    events: list[dict[str, Any]], text: Any, others: Sequence[str], rng: random.Random
+    events: list[dict[str, Any]],
+    text: Any,
+    others: Sequence[str],
+    rng: random.Random,
+    lead: tuple[int, int] = FINAL_LEAD,
 ) -> list[dict[str, Any]] | None:
-    """``events`` with the last one moved ``FINAL_LEAD`` frames before its answer and drafts before it;
+    """``events`` with the last one moved ``lead`` frames before its answer and drafts before it;
     ``None`` when the record has no answer after its last oracle."""
     last = events[-1]
     answer = first_word_frame(text, int(last["frame"]))
     if answer is None:
         return None
-    frame = max(int(last["frame"]), answer - rng.randint(*FINAL_LEAD))
+    frame = max(int(last["frame"]), answer - rng.randint(*lead))
     own = str(last["text"])
     drafts = []
     at = frame
@@ -162,7 +167,7 @@ def augmented_oracle(
         events = [e for e in events[:-1] if rng.random() >= p] + [events[-1]]
     live = None
     if augment.live_drafts > 0 and events and rng.random() < augment.live_drafts:
-        live = live_timeline(events, record.text, augment.decoys, rng)
+        live = live_timeline(events, record.text, augment.decoys, rng, augment.live_lead)
         events = live or events
     if augment.decoy_events is not None and augment.decoys and events:
         first = min(int(e["frame"]) for e in events)

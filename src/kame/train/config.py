@@ -53,6 +53,7 @@ class TrainConfig:
     decoy_prefix: float = 0.0  # share of decoys that start with the first words of the record's oracle
     text_noise: float = 0.0  # share of word tokens fed back as random tokens, the targets kept clean
     live_drafts: float = 0.0  # share of samples whose last oracle gets a live back-end's timeline
+    live_lead: tuple[int, int] = (4, 8)  # frames from a live-like final oracle to the first answer word
     mute_audio_steps: int = 0  # the first N steps see no audio (inputs and targets): learn the oracle first
     depformer_share: float = 1.0  # share of a step's frames the depformer is run and scored on
     save_every: int = 100
@@ -114,7 +115,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"{name.replace('_', '-')} {getattr(self, name)}: write a share between 0 and 1"
                 )
-        for name in ("oracle_lag", "oracle_lead", "decoy_events"):
+        for name in ("oracle_lag", "oracle_lead", "decoy_events", "live_lead"):
             value = getattr(self, name)
             if value is not None and not 0 <= value[0] <= value[1]:
                 raise ConfigError(

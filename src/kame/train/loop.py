@@ -196,6 +196,7 @@ class Trainer:
         self.augment = Augment(
             config.drop_events, config.oracle_lag, config.oracle_lead, config.decoy_events, decoys,
             float(config.decoy_prefix), float(config.text_noise), float(config.live_drafts),
+            tuple(config.live_lead),
         )  # fmt: skip
         self.weights = LossWeights(
             config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
