@@ -23,9 +23,10 @@ f + 1, where the model has just heard frame f, as a live session does. Augmentat
   first word (measured on ``bench/default_following.py``'s timelines), after 0-3 drafts each 1-15
   frames before the next: shorter versions of the same answer ("A spider has 8 eyes." then "A spider
   has 8 eyes, one for each leg."), guesses that start like it, other answers. The data's own timeline
-  gives the oracle 3-21 frames ahead of the answer, before the lag, and no drafts. The final oracle moves to
-  ``live_lead`` (default ``FINAL_LEAD``) frames before the answer's first word (never earlier than the data put it), drafts go
-  before it, and the back-end lag is not added, since the placement already sets the lead;
+  gives the oracle 3-21 frames ahead of the answer, before the lag, and no drafts. The final oracle
+  moves to ``live_lead`` (default ``FINAL_LEAD``) frames before the answer's first word (never earlier
+  than the data put it), drafts go before it, and the back-end lag is not added, since the placement
+  already sets the lead;
 - **text noise** (opt-in, ``text_noise``): that share of the assistant's word tokens *fed back* to the
   model is replaced by random tokens, the targets staying clean. Teacher forcing only ever shows a
   history that followed the oracle; live, the model samples its own words and one wrong piece must not
