@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +99,13 @@ def test_out_holding_another_run_or_other_files(dataset, tmp_path):
     assert (
         proc.returncode == 2 and "holds the state of another run (lr: 3e-05 there, 0.01 now)" in proc.stderr
     )
+    # a run written before a setting existed ran with its default, and resumes
+    run_file = out / "run.json"
+    stored = json.loads(run_file.read_text())
+    del stored["identity"]["live_lead"]
+    run_file.write_text(json.dumps(stored))
+    proc = _kame(*base, "--steps", "3")
+    assert proc.returncode == 0, proc.stderr
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

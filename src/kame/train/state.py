@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+def setting_defaults() -> dict[str, Any]:
+    """Every training setting's default, as ``run.json`` writes it."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    return json.loads(json.dumps(defaults, default=list))
+
+
 class RunFolder:
     """``OUT/`` of one run: claims it (or checks that it is this run's) and reads and writes it."""
 
@@ -95,6 +102,8 @@ class RunFolder:
             stored = json.loads(run_file.read_text())
             theirs = stored.get("identity", {})
             mine = json.loads(json.dumps(identity, default=list))
+            defaults = setting_defaults()  # a setting newer than the run: it ran with its default
+            theirs = {**{k: defaults[k] for k in mine if k in defaults}, **theirs}
             differ = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             if differ:
                 details = "; ".join(f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} now" for k in differ[:6])
