@@ -53,16 +53,24 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def build(out: Path, count: int, seed: int) -> None:
+def build(out: Path, count: int, seed: int, response_gap: str) -> None:
+    marker = out / "response_gap.txt"  # a folder built with another gap must not be reused silently
+    if marker.is_file() and marker.read_text().strip() != response_gap:
+        raise SystemExit(
+            f"{out} was built with --response-gap {marker.read_text().strip()}, not {response_gap}: "
+            "use another --work folder"
+        )
     if (out / "dataset" / "summary.json").is_file() and (out / "source.jsonl").is_file():
         lines = (out / "source.jsonl").read_text().count("\n")
         if lines >= count:  # a bigger set built before: use its first ``count`` records
             return
     script = ROOT / "scripts" / "build_tiny_oracle_data.py"
     subprocess.run(
-        [sys.executable, str(script), "--out", str(out), "--count", str(count), "--seed", str(seed)],
+        [sys.executable, str(script), "--out", str(out), "--count", str(count), "--seed", str(seed),
+         "--response-gap", response_gap],
         check=True,
-    )
+    )  # fmt: skip
+    marker.write_text(response_gap + "\n")
 
 
 def words_of(text: str) -> set[str]:
@@ -153,6 +161,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/kame-oracle-following"))
     parser.add_argument("--train-count", type=int, default=4000, help="training dialogues (default 4000)")
     parser.add_argument("--held-count", type=int, default=60, help="held-out questions (default 60)")
+    parser.add_argument(
+        "--response-gap",
+        default="0.2,0.7",
+        help="LOW,HIGH: seconds from each question's end to its answer in the built data (default 0.2,0.7)",
+    )
     parser.add_argument("--config", default=str(ROOT / "configs" / "train" / "tiny.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
     parser.add_argument("--oracle-delay", type=float, default=0.0, help="s after the level-5 oracle time")
@@ -169,8 +182,8 @@ def main() -> int:
     train_data, held_data, run = work / "train", work / "held", work / "run"
 
     started = time.monotonic()
-    build(train_data, args.train_count, seed=0)
-    build(held_data, args.held_count, seed=1)
+    build(train_data, args.train_count, seed=0, response_gap=args.response_gap)
+    build(held_data, args.held_count, seed=1, response_gap=args.response_gap)
     build_s = time.monotonic() - started
 
     started = time.monotonic()

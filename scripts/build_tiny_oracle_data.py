@@ -28,6 +28,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="draws the rows and the build (default 0)")
     parser.add_argument("--tts", default="espeak", help="TTS spec for both voices (default espeak)")
     parser.add_argument("--workers", type=int, default=2, help="dialogues in flight (default 2)")
+    parser.add_argument(
+        "--response-gap",
+        default="0.2,0.7",
+        help="LOW,HIGH: seconds from the question's last word to the answer's first (default 0.2,0.7)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     source = write_toy_source(args.out / "source.jsonl", args.count, args.seed)
@@ -52,6 +57,8 @@ def main() -> int:
         str(args.seed),
         "--workers",
         str(args.workers),
+        "--response-gap",
+        args.response_gap,
         "--no-progress",
     ]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
