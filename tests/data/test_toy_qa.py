@@ -53,3 +53,16 @@ def test_build_script_makes_a_verbatim_oracle_dataset(tmp_path):
         row = rows[record.id]
         assert record.meta["source"]["keywords"] == row["keywords"]
         assert [(e["level"], e["text"]) for e in record.meta["oracles"]] == [(5, row["answer"])]
+
+
+def test_build_script_passes_the_response_gap_on(tmp_path):
+    """``--response-gap`` reaches ``kame data build``: every answer starts that long after its question."""
+    out = tmp_path / "toy"
+    command = [sys.executable, str(ROOT / "scripts" / "build_tiny_oracle_data.py"), "--out", str(out)]
+    result = subprocess.run(
+        command + ["--count", "3", "--response-gap", "1.5,1.6"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    for record in read_records(out / "dataset"):
+        user, assistant = record.meta["user_words"], record.meta["assistant_words"]
+        assert 1.45 <= assistant[0]["start"] - user[-1]["end"] <= 1.65
