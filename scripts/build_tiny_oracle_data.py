@@ -62,7 +62,8 @@ def main() -> int:
         "--no-progress",
     ]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    print(f"{args.count} dialogues in {time.monotonic() - started:.1f} s -> {args.out / 'dataset'}")
+    if result.returncode == 0:
+        print(f"{args.count} dialogues in {time.monotonic() - started:.1f} s -> {args.out / 'dataset'}")
     return result.returncode
 
 
