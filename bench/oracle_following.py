@@ -53,11 +53,15 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def build(out: Path, count: int, seed: int, response_gap: str) -> None:
-    marker = out / "response_gap.txt"  # a folder built with another gap must not be reused silently
-    if marker.is_file() and marker.read_text().strip() != response_gap:
+def build(out: Path, count: int, seed: int, response_gap: tuple[float, float] | None) -> None:
+    """Build a toy set into ``out``, or reuse one built there with the same response gap."""
+    from kame.data.speech import VoiceConfig
+
+    settings = out / "dataset" / "build.json"  # kame data build's record of the settings it built with
+    wanted = list(response_gap or VoiceConfig().response_gap)
+    if settings.is_file() and (built := json.loads(settings.read_text())["voice"]["response_gap"]) != wanted:
         raise SystemExit(
-            f"{out} was built with --response-gap {marker.read_text().strip()}, not {response_gap}: "
+            f"{out} was built with --response-gap {built[0]},{built[1]}, not {wanted[0]},{wanted[1]}: "
             "use another --work folder"
         )
     if (out / "dataset" / "summary.json").is_file() and (out / "source.jsonl").is_file():
@@ -65,12 +69,11 @@ def build(out: Path, count: int, seed: int, response_gap: str) -> None:
         if lines >= count:  # a bigger set built before: use its first ``count`` records
             return
     script = ROOT / "scripts" / "build_tiny_oracle_data.py"
+    gap = ["--response-gap", f"{response_gap[0]},{response_gap[1]}"] if response_gap else []
     subprocess.run(
-        [sys.executable, str(script), "--out", str(out), "--count", str(count), "--seed", str(seed),
-         "--response-gap", response_gap],
+        [sys.executable, str(script), "--out", str(out), "--count", str(count), "--seed", str(seed), *gap],
         check=True,
-    )  # fmt: skip
-    marker.write_text(response_gap + "\n")
+    )
 
 
 def words_of(text: str) -> set[str]:
@@ -163,8 +166,8 @@ def main() -> int:
     parser.add_argument("--held-count", type=int, default=60, help="held-out questions (default 60)")
     parser.add_argument(
         "--response-gap",
-        default="0.2,0.7",
-        help="LOW,HIGH: seconds from each question's end to its answer in the built data (default 0.2,0.7)",
+        help="LOW,HIGH: seconds from each question's end to its answer in the built data (default: "
+        "kame data build's)",
     )
     parser.add_argument("--config", default=str(ROOT / "configs" / "train" / "tiny.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
@@ -173,6 +176,13 @@ def main() -> int:
     parser.add_argument("--retrain", action="store_true", help="delete the training run and train again")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    from kame.cli.data import parse_range
+    from kame.errors import UserError
+
+    try:
+        response_gap = parse_range(args.response_gap, "--response-gap") if args.response_gap else None
+    except UserError as exc:
+        parser.error(str(exc))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("NO_TORCH_COMPILE", "1")
     import torch
@@ -182,8 +192,8 @@ def main() -> int:
     train_data, held_data, run = work / "train", work / "held", work / "run"
 
     started = time.monotonic()
-    build(train_data, args.train_count, seed=0, response_gap=args.response_gap)
-    build(held_data, args.held_count, seed=1, response_gap=args.response_gap)
+    build(train_data, args.train_count, seed=0, response_gap=response_gap)
+    build(held_data, args.held_count, seed=1, response_gap=response_gap)
     build_s = time.monotonic() - started
 
     started = time.monotonic()

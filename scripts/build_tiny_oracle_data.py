@@ -30,8 +30,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="dialogues in flight (default 2)")
     parser.add_argument(
         "--response-gap",
-        default="0.2,0.7",
-        help="LOW,HIGH: seconds from the question's last word to the answer's first (default 0.2,0.7)",
+        help="LOW,HIGH: seconds from the question's last word to the answer's first (default: kame data "
+        "build's)",
     )
     args = parser.parse_args()
     started = time.monotonic()
@@ -57,9 +57,8 @@ def main() -> int:
         str(args.seed),
         "--workers",
         str(args.workers),
-        "--response-gap",
-        args.response_gap,
         "--no-progress",
+        *(["--response-gap", args.response_gap] if args.response_gap else []),
     ]
     result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if result.returncode == 0:

@@ -95,7 +95,7 @@ def _build(args: argparse.Namespace) -> int:
     from kame.data.speech import VoiceConfig
 
     part, parts = _parse_shard(args.shard)
-    gap = _parse_range(args.response_gap, "--response-gap")
+    gap = parse_range(args.response_gap, "--response-gap")
     try:
         config = BuildConfig(
             source=args.source,
@@ -125,7 +125,7 @@ def _build(args: argparse.Namespace) -> int:
     return 0 if summary["written"] or summary["already_done"] else 1
 
 
-def _parse_range(text: str, flag: str) -> tuple[float, float]:
+def parse_range(text: str, flag: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
