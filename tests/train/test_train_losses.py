@@ -7,7 +7,7 @@ import math
 import torch
 
 from kame.train.collate import Augment, collate, make_sample, sample_rng
-from kame.train.losses import LossWeights, compute_losses
+from kame.train.losses import LossWeights, compute_losses, word_starts
 
 
 def _log_softmax_at(logits: torch.Tensor, index: int) -> float:
@@ -62,3 +62,32 @@ def test_loss_of_a_small_batch_by_hand(frontend, records):
     assert math.isclose(float(losses.text_loss), text, rel_tol=1e-5)
     assert math.isclose(float(losses.audio_loss), audio, rel_tol=1e-5)
     assert math.isclose(float(losses.loss), text + 0.7 * audio, rel_tol=1e-5)
+
+
+def test_word_start_weight_by_hand(frontend, records):
+    """``text_word_weight``: a target that begins a word (its piece starts with U+2581, read here from
+    the tokenizer's piece text) weighs that much within the non-pad mean; 1 is the plain loss."""
+    model = frontend.lm
+    sample = make_sample(records[0], 40, frontend.tokenizer, model.text_card, Augment(), None)
+    codes, oracle = collate([sample])
+    with torch.no_grad():
+        output = model(codes, oracle=oracle)
+    plain = compute_losses(output, codes, model.dep_q, LossWeights(text_pad_weight=0.5))
+    weights = LossWeights(text_pad_weight=0.5, text_word_weight=4.0)
+    starts = word_starts(frontend.tokenizer, model.text_card)
+    weighted = compute_losses(output, codes, model.dep_q, weights, starts)
+    pad, other, other_weight = [], 0.0, 0.0
+    for t in range(codes.shape[-1]):
+        target = int(codes[0, 0, t])
+        ce = -_log_softmax_at(output.text_logits[0, 0, t], target)
+        if target == 3:
+            pad.append(ce)
+            continue
+        w = 4.0 if frontend.tokenizer.id_to_piece(target)[0] == "\u2581" else 1.0
+        other += w * ce
+        other_weight += w
+    assert 0 < sum(int(s) for s in starts) < model.text_card
+    assert any(frontend.tokenizer.id_to_piece(int(c))[0] == "\u2581" for c in codes[0, 0])
+    expected = other / other_weight + 0.5 * sum(pad) / len(pad)
+    assert math.isclose(float(weighted.text_loss), expected, rel_tol=1e-5)
+    assert not math.isclose(float(weighted.text_loss), float(plain.text_loss), rel_tol=1e-4)

@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     train: str = "all"
     text_pad_weight: float = 0.5
+    text_word_weight: float = 1.0  # weight of word-start targets within the non-pad text mean
     semantic_weight: float = 100.0
     acoustic_weight: float = 1.0
     audio_weight: float = 1.0
@@ -104,6 +105,10 @@ class TrainConfig:
                 raise ConfigError(
                     f"drop-events {list(self.drop_events)}: write [low, high] with 0 <= low <= high <= 1"
                 )
+        if not float(self.text_word_weight) > 0.0:
+            raise ConfigError(
+                f"text-word-weight must be > 0 (1: no extra weight), got {self.text_word_weight}"
+            )
         if int(self.mute_audio_steps) < 0:
             raise ConfigError(f"--mute-audio-steps must be >= 0, got {self.mute_audio_steps}")
         if not 0.0 < float(self.depformer_share) <= 1.0:

@@ -45,7 +45,7 @@ from kame.train.collate import ZERO, Augment, SampleOrder, collate, make_sample,
 from kame.train.config import TrainConfig
 from kame.train.data import TrainRecord, load_records
 from kame.train.distributed import World, full_state_dict, init_world, local_value, shard
-from kame.train.losses import TEXT_PAD, LossWeights, compute_losses
+from kame.train.losses import TEXT_PAD, LossWeights, compute_losses, word_starts
 from kame.train.random_start import prepare_random_start
 from kame.train.state import RunError, RunFolder
 
@@ -199,7 +199,11 @@ class Trainer:
             tuple(config.live_lead),
         )  # fmt: skip
         self.weights = LossWeights(
-            config.text_pad_weight, config.semantic_weight, config.acoustic_weight, config.audio_weight
+            config.text_pad_weight, float(config.text_word_weight), config.semantic_weight,
+            config.acoustic_weight, config.audio_weight,
+        )  # fmt: skip
+        self.word_start = (
+            word_starts(self.tokenizer, self.model.text_card) if config.text_word_weight != 1.0 else None
         )
         if config.activation_checkpointing:
             for module in (self.model.transformer, self.model.depformer):
@@ -295,7 +299,7 @@ class Trainer:
                     model_inputs(codes, chunk), oracle=oracle, text_only=text_only,
                     depformer_positions=positions,
                 )  # fmt: skip
-            losses = compute_losses(output, codes, self.model.dep_q, self.weights)
+            losses = compute_losses(output, codes, self.model.dep_q, self.weights, self.word_start)
             (losses.loss / len(chunks)).backward()
             for key in totals:
                 totals[key] += getattr(losses, key).item() / len(chunks)
@@ -337,7 +341,7 @@ class Trainer:
                 hits[key] += int((predicted[answer] == text[answer]).sum())
                 if key == "with":
                     answer_tokens += int(answer.sum())
-                    losses = compute_losses(output, codes, self.model.dep_q, self.weights)
+                    losses = compute_losses(output, codes, self.model.dep_q, self.weights, self.word_start)
                     count = codes.shape[0]
                     for name in sums:
                         sums[name] += float(getattr(losses, name)) * count
