@@ -7,7 +7,7 @@ Runs the project's own pipeline end to end on one CPU thread:
    set (seed 0) and a disjoint held-out set (seed 1);
 2. ``kame data encode`` caches their Mimi codes (timed apart: the tiny Mimi is fixed, so this is done
    once per dataset);
-3. ``kame train --config configs/train/tiny.yaml --init random:tiny``, timed (wall and CPU);
+3. ``kame train --config configs/train/tiny.yaml`` (its ``init``, or ``--init``), timed (wall and CPU);
 4. ``kame infer`` on each held-out question (the user's channel of the record, plus silence), once with
    the true answer injected as an oracle when the question has been heard (the record's level-5
    oracle time, plus ``--oracle-delay``), once with no oracle.
@@ -171,6 +171,7 @@ def main() -> int:
     )
     parser.add_argument("--config", default=str(ROOT / "configs" / "train" / "tiny.yaml"))
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    parser.add_argument("--init", help="override the config's init (e.g. random:tiny-wide)")
     parser.add_argument("--oracle-delay", type=float, default=0.0, help="s after the level-5 oracle time")
     parser.add_argument("--greedy", action="store_true", help="argmax sampling (default: the checkpoint's)")
     parser.add_argument("--retrain", action="store_true", help="delete the training run and train again")
@@ -205,7 +206,7 @@ def main() -> int:
     if args.retrain and run.exists():
         shutil.rmtree(run)
     train_args = ["train", "--config", args.config, "--data", str(train_data / "dataset"), "--out", str(run)]
-    train_args += ["--init", "random:tiny", "--no-progress"]
+    train_args += ["--no-progress"] + (["--init", args.init] if args.init else [])
     if args.steps is not None:
         train_args += ["--steps", str(args.steps)]
     cpu_before, started = children_cpu(), time.monotonic()
