@@ -18,8 +18,9 @@ ANSWERS = [
 
 
 def test_rows_are_repeatable_mixed_and_not_predicted_by_their_questions():
-    rows = open_rows(600, ANSWERS, seed=2)
-    assert open_rows(600, ANSWERS, seed=2) == rows and open_rows(600, ANSWERS, seed=3) != rows
+    rows = open_rows(600, ANSWERS, seed=2, weights=(0.25, 0.25, 0.25, 0.25))
+    again = open_rows(600, ANSWERS, seed=2, weights=(0.25, 0.25, 0.25, 0.25))
+    assert again == rows and open_rows(600, ANSWERS, seed=3, weights=(0.25, 0.25, 0.25, 0.25)) != rows
     kinds = Counter(r["kind"] for r in rows)
     assert set(kinds) == set(KINDS) and min(kinds.values()) > 60
     assert len({r["id"] for r in rows}) == 600 and set(r["question"] for r in rows) <= set(questions(600, 2))
@@ -30,6 +31,17 @@ def test_rows_are_repeatable_mixed_and_not_predicted_by_their_questions():
     assert all(len(by_answer[a]) > 20 for a in ANSWERS)
     said = {w for r in rows if r["kind"] == "words" for w in str(r["answer"]).rstrip(".").split()}
     assert len(said & set(_piece_words())) > 100  # the tokenizer's own pieces are spoken too
+
+
+def test_pseudo_answers_are_mostly_made_up_words_of_tokenizer_pieces():
+    rows = open_rows(300, ANSWERS, seed=4, weights=(0, 0, 0, 1))
+    assert {r["kind"] for r in rows} == {"pseudo"}
+    real = {w.lower() for a in ANSWERS for w in a.replace(",", "").rstrip(".").split()}
+    real |= {w.lower() for w in _piece_words()}
+    words = [w for r in rows for w in str(r["answer"]).rstrip(".").split()]
+    made = [w for w in words if w.lower() not in real]
+    assert 0.45 < len(made) / len(words) < 0.8  # PSEUDO_SHARE (0.6), less the few that hit a real word
+    assert len(set(made)) > 0.9 * len(made) and all(w.isalpha() and w.isascii() for w in made)
 
 
 def test_response_gap_is_checked():

@@ -8,7 +8,11 @@ the question does not predict (drawn independently of it), in three kinds:
 - ``span``: a run of consecutive words from those answers or the tiny corpus (real word order, endless
   variety);
 - ``words``: words drawn at random from that vocabulary and from the tiny tokenizer's own pieces (so
-  that every piece it can say is seen; nothing to guess from: copying only).
+  that every piece it can say is seen; nothing to guess from: copying only);
+- ``pseudo``: the same, but most words made up of 2-3 random pieces of the tokenizer ("sporntilth"). A
+  vocabulary of a few thousand real words teaches which piece follows which inside them: live, a word
+  the data never had ("spider": sp id er) is then said with a familiar ending ("sp orn"). Made-up words
+  have no ending to remember, so the model must copy every piece.
 
 Everything is drawn from ``random.Random(seed)``; the LLM's answers are an input (``llm_answers``).
 """
@@ -48,13 +52,16 @@ TEMPLATES = (
     "Give me a fact about {t}.",
     "What is the best thing about {t}?",
 )
-KINDS = ("llm", "span", "words")
+KINDS = ("llm", "span", "words", "pseudo")
 # Their shares. Random words weigh most: they can only be copied, while the LLM's 300 answers (and runs of
 # their words) can also be memorised, and a memorised phrase ("The best thing about") then wins over the
 # oracle's own words. Measured live with bench/default_following.py: the shares (0.4, 0.4, 0.2) gave
 # 57.8 % (9 runs) with the tiny preset and 49.8 % (1 run) with tiny-wide; these 61.6 % (3 runs) and
-# 72.1 % (6 runs, the shipped default).
-KIND_WEIGHTS = (0.25, 0.35, 0.4)
+# 72.1 % (6 runs). Made-up words are not in this mix: scripts/train_tiny_default.py builds them as sets
+# of their own beside it (weights (0, 0, 0, 1)), which keeps this mix's seeded rows as they were.
+KIND_WEIGHTS = (0.25, 0.35, 0.4, 0.0)
+PSEUDO_SHARE = 0.6  # of a pseudo answer's words, the share that are made up (the rest real words)
+PSEUDO_PIECES = (2, 3)
 
 
 def questions(count: int, seed: int = 0) -> list[str]:
@@ -87,11 +94,22 @@ def _piece_words() -> list[str]:
     return sorted({p for p in pieces if len(p) >= 2 and p.isalpha() and p.isascii()})
 
 
+def _letter_pieces() -> list[str]:
+    """The tiny tokenizer's pieces made of ASCII letters only (any length), without the word marker."""
+    import sentencepiece
+
+    from kame.frontend.checkpoint import train_tiny_tokenizer
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
+    pieces = (sp.id_to_piece(i).lstrip("\u2581") for i in range(sp.get_piece_size()))
+    return sorted({p for p in pieces if p.isalpha() and p.isascii()})
+
+
 def open_rows(
     count: int,
     llm_answers: Sequence[str],
     seed: int = 0,
-    weights: tuple[float, float, float] = KIND_WEIGHTS,
+    weights: tuple[float, ...] = KIND_WEIGHTS,
     span: tuple[int, int] = (4, 14),
     max_words: int = 18,
 ) -> list[dict[str, object]]:
@@ -105,6 +123,9 @@ def open_rows(
         raise ValueError("open_rows needs some LLM answers (two words or more)")
     texts = answers + corpus_sentences()
     vocabulary = sorted({w for text in texts for w in _words(text)} | set(_piece_words()))
+    if len(weights) != len(KINDS):
+        raise ValueError(f"weights: one share per kind of {KINDS}, got {weights}")
+    letters = _letter_pieces() if weights[KINDS.index("pseudo")] > 0 else []
     asked = questions(min(len(TOPICS) * len(TEMPLATES), max(count, 1)), seed)
     rng = random.Random(f"open-qa:{seed}")
     rows: list[dict[str, object]] = []
@@ -119,8 +140,16 @@ def open_rows(
             length = rng.randint(*span)
             first = rng.randint(0, max(0, len(words) - length))
             answer = " ".join(words[first : first + length]) + "."
-        else:
+        elif kind == "words":
             answer = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(*span))) + "."
+        else:
+            made = (
+                "".join(rng.choice(letters) for _ in range(rng.randint(*PSEUDO_PIECES))).lower()
+                if rng.random() < PSEUDO_SHARE
+                else rng.choice(vocabulary)
+                for _ in range(rng.randint(*span))
+            )
+            answer = " ".join(made) + "."
         rows.append(
             {"id": f"open-{seed}-{index:06d}", "question": rng.choice(asked), "answer": answer, "kind": kind}
         )
