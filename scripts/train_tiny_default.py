@@ -19,7 +19,8 @@
    words to copy, the model learns which piece follows which inside them and says a word the data never
    had with a familiar ending ("spider" as "sp orn");
 4. ``kame train --config configs/train/tiny-default.yaml --data WORK/dataset,WORK/pseudo1/dataset,...
-   --out WORK/run``, from ``random:tiny-wide`` (the tiny layout at dim 128; about 20 minutes of one core);
+   --out WORK/run``, from ``random:tiny-wide`` (the tiny layout at dim 128; 19 minutes with another
+   training on the other core);
 5. ``--install``: copy the trained checkpoint into the package (``assets/tiny_default``), with its
    sampling (``LM_GEN_CONFIG``) in its ``config.json``.
 
@@ -51,8 +52,8 @@ SHIPPED = ("config.json", "model.safetensors", "mimi.safetensors", "mimi_config.
 # runs at 0.2, 56.2 % over 2 at 0.7, 49.1 % over 2 greedy; the dim-128 default: 72.1 % over 6 runs at 0.2.
 LM_GEN_CONFIG = {"temp_text": 0.2}
 # The made-up words' sets: PSEUDO_SETS builds of PSEUDO_COUNT dialogues of open_rows' pseudo kind alone,
-# beside the main mix. Measured live (bench/default_following.py, 6 runs, one session): two sets 75.2 %,
-# one set 68.0 %, none (the weights they replaced) 69.0 %.
+# beside the main mix. Measured live (bench/default_following.py, one session): two sets 75.0 % (12 runs),
+# one set 68.0 % (6), three 70.4 % (12), none (the weights they replaced) 67.3 % (12).
 PSEUDO_SETS = 2
 PSEUDO_COUNT = 3200
 PSEUDO_WEIGHTS = (0.0, 0.0, 0.0, 1.0)
@@ -111,8 +112,11 @@ def kame(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "kame", *args], check=True, env=env)
 
 
-def build(folder: Path, seed: int) -> None:
-    """``kame data build`` of ``folder/source.jsonl`` into ``folder/dataset`` (resumes), then its codes."""
+def build(folder: Path, rows: list[dict[str, object]], seed: int) -> None:
+    """``rows`` as ``folder/source.jsonl``, built by ``kame data build`` into ``folder/dataset`` (resumes),
+    then its codes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "source.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     kame(
         "data", "build", "--source", f"jsonl:{folder / 'source.jsonl'}", "--columns", "id=id",
         "--out", str(folder / "dataset"), "--tts", "espeak", "--no-rewrite", "--oracles", "verbatim",
@@ -147,6 +151,8 @@ def main() -> int:
     parser.add_argument("--stop-after", choices=("answers", "data"), help="stop after this stage")
     parser.add_argument("--install", action="store_true", help="copy the result into the package")
     args = parser.parse_args()
+    if args.pseudo_sets < 0 or (args.pseudo_sets and args.pseudo_count < 1):
+        parser.error("--pseudo-sets must be >= 0 and --pseudo-count >= 1 (or --pseudo-sets 0 for none)")
     from kame.data.open_qa import open_rows
 
     work: Path = args.work
@@ -159,16 +165,12 @@ def main() -> int:
     rows = open_rows(args.count, answers, seed=args.seed)
     seen, total = coverage(rows)
     print(f"tokenizer coverage: {seen} of {total} pieces appear in the answers")
-    (work / "source.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     started = time.monotonic()
-    build(work, args.seed)
+    build(work, rows, args.seed)
     datasets = [work / "dataset"]
     for index in range(1, args.pseudo_sets + 1):
         pseudo, seed = work / f"pseudo{index}", args.seed + index
-        pseudo.mkdir(exist_ok=True)
-        made_up = open_rows(args.pseudo_count, answers, seed=seed, weights=PSEUDO_WEIGHTS)
-        (pseudo / "source.jsonl").write_text("".join(json.dumps(row) + "\n" for row in made_up))
-        build(pseudo, seed)
+        build(pseudo, open_rows(args.pseudo_count, answers, seed=seed, weights=PSEUDO_WEIGHTS), seed)
         datasets.append(pseudo / "dataset")
     print(f"data built and encoded in {time.monotonic() - started:.0f} s")
     if args.stop_after == "data":

@@ -19,6 +19,7 @@ Everything is drawn from ``random.Random(seed)``; the LLM's answers are an input
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -83,26 +84,23 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z][A-Za-z']*|\d+", text)
 
 
+@functools.cache
+def _letter_pieces() -> tuple[str, ...]:
+    """The tiny tokenizer's pieces made of ASCII letters only (any length), without the word marker.
+
+    Cached: the tokenizer is trained from its corpus on each call of ``train_tiny_tokenizer``."""
+    import sentencepiece
+
+    from kame.frontend.checkpoint import train_tiny_tokenizer
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
+    pieces = (sp.id_to_piece(i).lstrip("\u2581") for i in range(sp.get_piece_size()))
+    return tuple(sorted({p for p in pieces if p.isalpha() and p.isascii()}))
+
+
 def _piece_words() -> list[str]:
     """The tiny tokenizer's word-like pieces (letters only, at least two), as words to say."""
-    import sentencepiece
-
-    from kame.frontend.checkpoint import train_tiny_tokenizer
-
-    sp = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
-    pieces = (sp.id_to_piece(i).lstrip("\u2581") for i in range(sp.get_piece_size()))
-    return sorted({p for p in pieces if len(p) >= 2 and p.isalpha() and p.isascii()})
-
-
-def _letter_pieces() -> list[str]:
-    """The tiny tokenizer's pieces made of ASCII letters only (any length), without the word marker."""
-    import sentencepiece
-
-    from kame.frontend.checkpoint import train_tiny_tokenizer
-
-    sp = sentencepiece.SentencePieceProcessor(model_proto=train_tiny_tokenizer())
-    pieces = (sp.id_to_piece(i).lstrip("\u2581") for i in range(sp.get_piece_size()))
-    return sorted({p for p in pieces if p.isalpha() and p.isascii()})
+    return [p for p in _letter_pieces() if len(p) >= 2]
 
 
 def open_rows(
@@ -125,7 +123,7 @@ def open_rows(
     vocabulary = sorted({w for text in texts for w in _words(text)} | set(_piece_words()))
     if len(weights) != len(KINDS):
         raise ValueError(f"weights: one share per kind of {KINDS}, got {weights}")
-    letters = _letter_pieces() if weights[KINDS.index("pseudo")] > 0 else []
+    letters = _letter_pieces()
     asked = questions(min(len(TOPICS) * len(TEMPLATES), max(count, 1)), seed)
     rng = random.Random(f"open-qa:{seed}")
     rows: list[dict[str, object]] = []
